@@ -1,0 +1,1 @@
+"""lnjax benchmarks: ``python -m benchmarks.run`` and ``python -m benchmarks.accuracy``."""

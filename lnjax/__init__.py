@@ -1,0 +1,25 @@
+"""lnjax: exact, fast layer normalization for JAX and Flax.
+
+The functional API is re-exported here; the Flax modules live in
+:mod:`lnjax.linen` and :mod:`lnjax.nnx`.
+"""
+
+from lnjax.normalization import (
+    batch_norm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    rms_norm,
+    weight_norm,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "batch_norm",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "rms_norm",
+    "weight_norm",
+]

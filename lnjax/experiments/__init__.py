@@ -1,0 +1,1 @@
+"""Command-line reproductions of the paper's results (``python -m lnjax.experiments.X``)."""

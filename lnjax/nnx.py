@@ -1,0 +1,265 @@
+"""Flax NNX modules over :mod:`lnjax.normalization`.
+
+Each normalization module subclasses the ``flax.nnx`` module of the same name:
+the same constructor (``num_features``, keyword options, ``rngs``), the same
+``Param`` attributes (``scale``, ``bias``) and ``BatchStat`` attributes
+(``mean``, ``var``), so a model swaps one import and its state still loads.
+One default differs: ``use_fast_variance=False`` (exact statistics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.nnx.nn import dtypes
+
+from lnjax import normalization as N
+
+__all__ = [
+    "BatchNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "RMSNorm",
+    "WeightNormLinear",
+]
+
+
+def _value(v: Any) -> Any:
+    return None if v is None else v[...]
+
+
+def _shaped(p: Any, x: jax.Array, feature_axes: Any, fn: str) -> Any:
+    """A flat ``(num_features,)`` parameter reshaped to ``x``'s feature axes.
+
+    flax.nnx stores one flat vector for several feature axes; lnjax's
+    functions take the parameter in the shape of those axes.
+    """
+    if p is None:
+        return None
+    axes = N.canonicalize_axes(x.ndim, feature_axes, fn=fn, name="feature_axes", shape=x.shape)
+    shape = tuple(x.shape[a] for a in axes)
+    if p.ndim == 1 and len(shape) > 1 and p.size == int(np.prod(shape)):
+        return p.reshape(shape)
+    return p
+
+
+def _stats_dtype(dtype: Any, x: jax.Array) -> Any:
+    return jnp.promote_types(jnp.result_type(x) if dtype is None else dtype, jnp.float32)
+
+
+class LayerNorm(nnx.LayerNorm):
+    """Layer normalization (Ba, Kiros & Hinton 2016), a drop-in for ``flax.nnx.LayerNorm``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from lnjax import nnx as lnnx
+      >>> layer = lnnx.LayerNorm(3, rngs=nnx.Rngs(0))
+      >>> y = layer(jnp.array([[1e4, 1e4 + 1, 1e4 + 2]]))
+      >>> [round(float(v), 3) for v in y[0]]
+      [-1.225, 0.0, 1.225]
+    """
+
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+        super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
+
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Normalizes ``x``; ``mask`` selects the positions the statistics count."""
+        x = N._as_float_array(x, fn="LayerNorm")
+        x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
+                                            dtype=self.dtype)
+        scale, bias = (_shaped(p, x, self.feature_axes, "LayerNorm") for p in (scale, bias))
+        y, _ = N._normalize_axes(
+            "LayerNorm", x, scale, bias, reduction_axes=self.reduction_axes,
+            feature_axes=self.feature_axes, epsilon=self.epsilon, mask=mask,
+            fast_variance=self.use_fast_variance, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups,
+            stats_dtype=_stats_dtype(self.dtype, x), names=("reduction_axes", "feature_axes"))
+        return y
+
+
+class RMSNorm(nnx.RMSNorm):
+    """RMS normalization, a drop-in for ``flax.nnx.RMSNorm``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from lnjax import nnx as lnnx
+      >>> y = lnnx.RMSNorm(2, epsilon=0.0, rngs=nnx.Rngs(0))(jnp.array([3.0, 4.0]))
+      >>> [round(float(v), 4) for v in y]
+      [0.8485, 1.1314]
+    """
+
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+        super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
+
+    def __call__(self, x, mask: jax.Array | None = None):
+        """RMS-normalizes ``x``; ``mask`` selects the positions counted."""
+        x = N._as_float_array(x, fn="RMSNorm")
+        x, scale = self.promote_dtype((x, _value(self.scale)), dtype=self.dtype)
+        scale = _shaped(scale, x, self.feature_axes, "RMSNorm")
+        y, _ = N._normalize_axes(
+            "RMSNorm", x, scale, None, reduction_axes=self.reduction_axes,
+            feature_axes=self.feature_axes, epsilon=self.epsilon, mask=mask, centered=False,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+            stats_dtype=_stats_dtype(self.dtype, x), names=("reduction_axes", "feature_axes"))
+        return y
+
+
+class GroupNorm(nnx.GroupNorm):
+    """Group normalization, a drop-in for ``flax.nnx.GroupNorm``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from lnjax import nnx as lnnx
+      >>> lnnx.GroupNorm(4, num_groups=2, rngs=nnx.Rngs(0))(jnp.ones((2, 5, 4))).shape
+      (2, 5, 4)
+    """
+
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+        super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
+
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Group-normalizes channels-last ``x``."""
+        x = N._as_float_array(x, fn="GroupNorm")
+        x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
+                                            dtype=self.dtype)
+        return N._group_norm(
+            "GroupNorm", x, self.num_groups, scale, bias, reduction_axes=self.reduction_axes,
+            epsilon=self.epsilon, mask=mask, fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+            stats_dtype=_stats_dtype(self.dtype, x))
+
+
+class InstanceNorm(nnx.InstanceNorm):
+    """Instance normalization, a drop-in for ``flax.nnx.InstanceNorm``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from lnjax import nnx as lnnx
+      >>> y = lnnx.InstanceNorm(1, epsilon=0.0, rngs=nnx.Rngs(0))(jnp.array([[[1.0], [3.0]]]))
+      >>> [float(v) for v in y.ravel()]
+      [-1.0, 1.0]
+    """
+
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+        super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
+
+    def __call__(self, x, *, mask: jax.Array | None = None):
+        """Instance-normalizes ``x``."""
+        x = N._as_float_array(x, fn="InstanceNorm")
+        feat = N.canonicalize_axes(x.ndim, self.feature_axes, fn="InstanceNorm",
+                                   name="feature_axes", shape=x.shape)
+        if 0 in feat:
+            raise ValueError("InstanceNorm: feature_axes cannot include axis 0, the batch axis "
+                             f"(feature_axes={self.feature_axes!r}, x of shape {x.shape}).")
+        red = tuple(i for i in range(1, x.ndim) if i not in feat)
+        x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
+                                            dtype=self.dtype)
+        scale, bias = (_shaped(p, x, feat, "InstanceNorm") for p in (scale, bias))
+        y, _ = N._normalize_axes(
+            "InstanceNorm", x, scale, bias, reduction_axes=red, feature_axes=feat,
+            epsilon=self.epsilon, mask=mask, fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+            stats_dtype=_stats_dtype(self.dtype, x), names=("feature_axes", "feature_axes"))
+        return y
+
+
+class BatchNorm(nnx.BatchNorm):
+    """Batch normalization, a drop-in for ``flax.nnx.BatchNorm``.
+
+    Running averages in the ``BatchStat`` attributes ``mean`` and ``var``.
+    With ``axis_name`` the statistics merge across devices, each weighted by
+    the positions it counts. Beyond flax: ``unbiased=True`` normalizes with
+    ``n/(n-1) * var``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from lnjax import nnx as lnnx
+      >>> bn = lnnx.BatchNorm(1, momentum=0.5, epsilon=0.0, rngs=nnx.Rngs(0))
+      >>> [float(v) for v in bn(jnp.array([[1.0], [3.0]])).ravel()], float(bn.mean[0])
+      ([-1.0, 1.0], 1.0)
+    """
+
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False,
+                 unbiased: bool = False, **kwargs):
+        super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
+        self.unbiased = unbiased
+
+    def __call__(self, x, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None):
+        """Normalizes ``x`` with batch statistics or the running averages."""
+        use_running_average = nnx.module.first_from(
+            use_running_average, self.use_running_average,
+            error_msg="BatchNorm: pass use_running_average to the constructor or the call.")
+        x = N._as_float_array(x, fn="BatchNorm")
+        feat = N.canonicalize_axes(x.ndim, self.axis, fn="BatchNorm", shape=x.shape)
+        red = tuple(i for i in range(x.ndim) if i not in feat)
+        x, mean, var, scale, bias = self.promote_dtype(
+            (x, self.mean[...], self.var[...], _value(self.scale), _value(self.bias)),
+            dtype=self.dtype)
+        mean, var, scale, bias = (_shaped(p, x, feat, "BatchNorm")
+                                  for p in (mean, var, scale, bias))
+        y, (mean, var) = N._batch_norm(
+            "BatchNorm", x, scale, bias, reduction_axes=red, feature_axes=feat,
+            epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, unbiased=self.unbiased,
+            fast_variance=self.use_fast_variance,
+            stats=(mean, var) if use_running_average else None,
+            stats_dtype=_stats_dtype(self.dtype, x))
+        if not use_running_average:
+            update = (jax.lax.stop_gradient
+                      if self.mean._can_update or self.var._can_update else (lambda v: v))
+            mean, var = mean.reshape(self.mean.shape), var.reshape(self.var.shape)
+            self.mean[...] = update(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+            self.var[...] = update(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return y
+
+
+_DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
+_ZEROS = nnx.initializers.zeros_init()
+_ONES = nnx.initializers.ones_init()
+
+
+class WeightNormLinear(nnx.Module):
+    """A linear layer with a weight-normalized kernel (Salimans & Kingma 2016).
+
+    ``y = x @ (scale * v / ||v||) + bias`` with the kernel ``v`` of shape
+    ``(in_features, out_features)`` normalized per output unit. Attributes
+    ``kernel`` (v), ``scale`` (g) and ``bias`` are ``nnx.Param``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from lnjax import nnx as lnnx
+      >>> lnnx.WeightNormLinear(4, 3, rngs=nnx.Rngs(0))(jnp.ones((2, 4))).shape
+      (2, 3)
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
+                 dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
+                 kernel_init: Any = _DEFAULT_KERNEL_INIT, bias_init: Any = _ZEROS,
+                 scale_init: Any = _ONES, epsilon: float = 1e-12,
+                 rngs: nnx.Rngs):
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features),
+                                            param_dtype))
+        self.scale = nnx.Param(scale_init(rngs.params(), (out_features,), param_dtype))
+        self.bias = (nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+                     if use_bias else nnx.data(None))
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype, self.precision, self.epsilon = dtype, precision, epsilon
+
+    def __call__(self, x):
+        """Applies the weight-normalized affine map to the last axis of ``x``."""
+        w = N.weight_norm(self.kernel[...], self.scale[...], axis=-1, epsilon=self.epsilon)
+        x, w, bias = dtypes.promote_dtype((x, w, _value(self.bias)), dtype=self.dtype)
+        y = jnp.matmul(x, w, precision=self.precision)
+        return y if bias is None else y + bias
