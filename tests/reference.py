@@ -100,3 +100,99 @@ def weight_norm(v, g, *, axis=0, epsilon=1e-12):
     red = tuple(i for i in range(v.ndim) if i not in kept)
     norm = np.sqrt((v * v).sum(axis=red, keepdims=True) + epsilon)
     return _feature(g, v.shape, kept) * v / norm
+
+
+# ---------------------------------------------------------------- recurrent
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _ln_segments(v, segments, scale=None, epsilon=1e-5):
+    """Layer norm of each consecutive segment of the last axis, then a gain."""
+    parts, start = [], 0
+    for size in segments:
+        parts.append(layer_norm(v[..., start:start + size], epsilon=epsilon))
+        start += size
+    y = np.concatenate(parts, axis=-1)
+    return y if scale is None else y * np.asarray(scale, np.float64)
+
+
+def lstm_step(p, carry, x, *, layer_norm_on=True, per_gate=False, carry_normalized=False,
+              epsilon=1e-5):
+    """LN-LSTM, Eqs. 20-22 (gate order i, f, g, o), written out in float64."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    c, h = (np.asarray(a, np.float64) for a in carry)
+    x = np.asarray(x, np.float64)
+    hidden = h.shape[-1]
+    segments = (hidden,) * 4 if per_gate else (4 * hidden,)
+    wx, wh = x @ p["input_kernel"], h @ p["recurrent_kernel"]
+    if layer_norm_on:
+        wx = _ln_segments(wx, segments, p["input_scale"], epsilon)
+        wh = _ln_segments(wh, segments, p["recurrent_scale"], epsilon)
+    gates = wh + wx + p["bias"]
+    i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))
+    new_c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+    normed = (layer_norm(new_c, p["cell_scale"], p["cell_bias"], epsilon=epsilon)
+              if layer_norm_on else new_c)
+    new_h = _sigmoid(o) * np.tanh(normed)
+    return (normed if carry_normalized else new_c, new_h), new_h
+
+
+def gru_step(p, h, x, *, layer_norm_on=True, per_gate=False, epsilon=1e-5):
+    """LN-GRU, Eqs. 26-28, written out in float64."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    h, x = np.asarray(h, np.float64), np.asarray(x, np.float64)
+    n = h.shape[-1]
+    segments = (n, n, n) if per_gate else (2 * n, n)
+    wx, wh = x @ p["input_kernel"], h @ p["recurrent_kernel"]
+    if layer_norm_on:
+        wx = _ln_segments(wx, segments, p["input_scale"], epsilon)
+        wh = _ln_segments(wh, segments, p["recurrent_scale"], epsilon)
+    wx = wx + p["bias"]
+    z = wx[..., :n] + wh[..., :n]
+    r = wx[..., n:2 * n] + wh[..., n:2 * n]
+    candidate = np.tanh(wx[..., 2 * n:] + _sigmoid(r) * (wh[..., 2 * n:] + p["recurrent_bias"]))
+    new_h = (1 - _sigmoid(z)) * h + _sigmoid(z) * candidate
+    return new_h, new_h
+
+
+def simple_step(p, h, x, *, layer_norm_on=True, epsilon=1e-5):
+    """LN-RNN, Eq. 4, written out in float64."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    h, x = np.asarray(h, np.float64), np.asarray(x, np.float64)
+    a = h @ p["recurrent_kernel"] + x @ p["input_kernel"]
+    if layer_norm_on:
+        a = layer_norm(a, p["scale"], epsilon=epsilon)
+    new_h = np.tanh(a + p["bias"])
+    return new_h, new_h
+
+
+def run_sequence(step, carry, xs, seq_lengths=None, reverse=False):
+    """Batch-major ``xs`` (B, T, F), one sequence at a time, stopping at each length.
+
+    With ``reverse`` each sequence runs from its last valid step to its first.
+    Returns ``(final carries, outputs)`` in time order; outputs past a length
+    are zero, and a sequence of length 0 keeps its initial carry.
+    """
+    xs = np.asarray(xs, np.float64)
+    batch, steps = xs.shape[:2]
+    lengths = [steps] * batch if seq_lengths is None else [int(n) for n in seq_lengths]
+    tuple_carry = isinstance(carry, tuple)
+    width = (carry[-1] if tuple_carry else carry).shape[-1]
+    outputs = np.zeros((batch, steps, width))
+    finals = []
+    for b in range(batch):
+        c = (tuple(np.asarray(v, np.float64)[b:b + 1] for v in carry) if tuple_carry
+             else np.asarray(carry, np.float64)[b:b + 1])
+        order = range(lengths[b] - 1, -1, -1) if reverse else range(lengths[b])
+        for t in order:
+            c, y = step(c, xs[b:b + 1, t])
+            outputs[b, t] = y[0]
+        finals.append(c)
+    if tuple_carry:
+        final = tuple(np.concatenate([f[i] for f in finals]) for i in range(len(carry)))
+    else:
+        final = np.concatenate(finals)
+    return final, outputs

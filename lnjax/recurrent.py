@@ -1,0 +1,436 @@
+"""Layer-normalized recurrent networks: the step maths and the masked scan.
+
+Pure ``jax.numpy``: the Linen and NNX modules create the parameters and call
+the functions here. Each cell is described by a frozen *spec*
+(:class:`LSTMSpec`, :class:`GRUSpec`, :class:`SimpleSpec`) whose methods are
+pure functions of a parameter dict:
+
+* ``input_path(params, x)``: the part of a step that depends on ``x_t``
+  alone (``W_x x_t``, its layer norm and the bias). Because it does not
+  depend on the carry, the sequence layers compute it for all time steps in
+  one batched matmul before the scan: the *hoisted input path*.
+* ``step(params, carry, xp)``: one time step given the input path ``xp``.
+* ``cell(params, carry, x) = step(params, carry, input_path(params, x))``.
+
+Equations (Ba, Kiros & Hinton 2016; ``LN(v; a)`` is layer norm with gain
+``a`` and no bias, gate order ``i, f, g, o`` as in PyTorch and flax):
+
+* LN-LSTM (Eqs. 20-22)::
+
+      (i, f, g, o) = LN(W_h h_{t-1}; a_h) + LN(W_x x_t; a_x) + b
+      c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+      h_t = sigmoid(o) * tanh(LN(c_t; a_c, b_c))
+
+  each LN over the whole 4H gate vector, the carried ``c_t`` un-normalized.
+  The paper writes a bias in each of the two gate layer norms and a third,
+  ``b``; their sum is one bias, so lnjax keeps ``b`` alone.
+* LN-GRU (Eqs. 26-28)::
+
+      (z, r) = LN(W_h h_{t-1}; a_h) + LN(W_x x_t; a_x) + b_zr
+      n      = tanh(LN(W x_t; a_x') + b_n + sigmoid(r) * (LN(U h_{t-1}; a_h') + b_u))
+      h_t    = (1 - sigmoid(z)) * h_{t-1} + sigmoid(z) * n
+
+  The gate and candidate parts are normalized separately; the kernels hold
+  ``[W_x | W]`` and ``[W_h | U]`` side by side.
+* LN-RNN (Eq. 4)::
+
+      h_t = tanh(LN(W_h h_{t-1} + W_x x_t; a) + b)
+
+  Here the layer norm is over the sum, so only the matmul ``W_x x_t`` is
+  hoisted.
+
+``layer_norm=False`` removes every layer norm and gives the plain cell; the
+plain LSTM computes exactly what ``flax.linen.LSTMCell`` computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lnjax.normalization import layer_norm
+
+Array = jax.Array
+Params = dict[str, Array]
+
+__all__ = [
+    "GRUSpec",
+    "param_initializers",
+    "LSTMSpec",
+    "SimpleSpec",
+    "hoisted_inputs",
+    "masked_scan",
+    "segment_layer_norm",
+    "sequence",
+]
+
+
+def segment_layer_norm(v: Array, scale: Array | None, segments: tuple[int, ...], *,
+                       epsilon: float) -> Array:
+    """Layer norm over consecutive segments of the last axis, then a gain.
+
+    ``segments`` are the segment sizes (summing to ``v.shape[-1]``); each is
+    normalized with its own mean and variance. ``scale`` has the full length.
+    """
+    if len(set(segments)) == 1:
+        shape = v.shape[:-1] + (len(segments), segments[0])
+        y = layer_norm(v.reshape(shape), epsilon=epsilon).reshape(v.shape)
+    else:
+        parts = jnp.split(v, np.cumsum(segments)[:-1], axis=-1)
+        y = jnp.concatenate([layer_norm(p, epsilon=epsilon) for p in parts], axis=-1)
+    return y if scale is None else y * scale
+
+
+# --------------------------------------------------------------------------
+# Cell specs.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Options shared by the cells; ``gates`` is the number of H-blocks."""
+
+    features: int
+    layer_norm: bool = True
+    norm_per_gate: bool = False
+    epsilon: float = 1e-5
+    gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
+    activation_fn: Callable[[Array], Array] = jnp.tanh
+    name: str = "cell"
+
+    gates = 1
+
+    def param_shapes(self, in_features: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{name: (shape, role)}``; roles: kernel, recurrent_kernel, bias, scale, zeros."""
+        h, g = self.features, self.gates
+        shapes = {
+            "input_kernel": ((in_features, g * h), "kernel"),
+            "recurrent_kernel": ((h, g * h), "recurrent_kernel"),
+            "bias": ((g * h,), "bias"),
+        }
+        if self.layer_norm:
+            shapes.update(self._norm_shapes())
+        return shapes
+
+    def _norm_shapes(self):
+        gh = self.gates * self.features
+        return {"input_scale": ((gh,), "scale"), "recurrent_scale": ((gh,), "scale")}
+
+    def check(self, params: Params, x: Array, carry: Any = None) -> None:
+        """Clear errors for inputs that do not fit the parameters."""
+        expected = params["input_kernel"].shape[0]
+        if x.ndim < 1 or x.shape[-1] != expected:
+            raise ValueError(
+                f"{self.name}: the inputs have shape {x.shape}, so {x.shape[-1] if x.ndim else 0} "
+                f"features, but the parameters were made for {expected} input features "
+                f"(input_kernel of shape {params['input_kernel'].shape}).")
+        if carry is not None:
+            for leaf in jax.tree.leaves(carry):
+                if leaf.shape[-1:] != (self.features,) or leaf.shape[:-1] != x.shape[:-1]:
+                    raise ValueError(
+                        f"{self.name}: a carry of shape {leaf.shape} does not fit inputs of "
+                        f"shape {x.shape} and {self.features} hidden features (expected "
+                        f"{x.shape[:-1] + (self.features,)}).")
+
+    def segments(self) -> tuple[int, ...]:
+        h = self.features
+        return (h,) * self.gates if self.norm_per_gate else (self.gates * h,)
+
+    def carry_shapes(self, batch_shape: tuple[int, ...]) -> Any:
+        return batch_shape + (self.features,)
+
+    def input_path(self, params: Params, x: Array) -> Array:
+        """``LN(W_x x) + b`` for every position of ``x`` (the hoistable part)."""
+        z = x @ params["input_kernel"]
+        if self.layer_norm:
+            z = segment_layer_norm(z, params["input_scale"], self.segments(),
+                                   epsilon=self.epsilon)
+        return z + params["bias"]
+
+    def _recurrent_path(self, params: Params, h: Array) -> Array:
+        z = h @ params["recurrent_kernel"]
+        if self.layer_norm:
+            z = segment_layer_norm(z, params["recurrent_scale"], self.segments(),
+                                   epsilon=self.epsilon)
+        return z
+
+    def cell(self, params: Params, carry: Any, x: Array) -> tuple[Any, Array]:
+        """One time step from the raw input ``x``."""
+        self.check(params, x, carry)
+        return self.step(params, carry, self.input_path(params, x))
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMSpec(_Spec):
+    """LN-LSTM (Eqs. 20-22). Carry ``(c, h)``.
+
+    Attributes:
+      carry_normalized_cell: carry ``LN(c_t)`` instead of ``c_t`` (as
+        TensorFlow Addons' LayerNormLSTMCell); the paper carries ``c_t``.
+      norm_per_gate: normalize each gate's H summed inputs separately (as
+        TensorFlow's LayerNormBasicLSTMCell) instead of the whole 4H vector.
+    """
+
+    carry_normalized_cell: bool = False
+    gates = 4
+
+    def _norm_shapes(self):
+        h = self.features
+        return {**super()._norm_shapes(), "cell_scale": ((h,), "scale"),
+                "cell_bias": ((h,), "zeros")}
+
+    def carry_shapes(self, batch_shape):
+        shape = batch_shape + (self.features,)
+        return (shape, shape)
+
+    def step(self, params, carry, xp):
+        c, h = carry
+        gates = xp + self._recurrent_path(params, h)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        new_c = self.gate_fn(f) * c + self.gate_fn(i) * self.activation_fn(g)
+        if self.layer_norm:
+            normed_c = layer_norm(new_c, params["cell_scale"], params["cell_bias"],
+                                  epsilon=self.epsilon)
+        else:
+            normed_c = new_c
+        new_h = self.gate_fn(o) * self.activation_fn(normed_c)
+        return (normed_c if self.carry_normalized_cell else new_c, new_h), new_h
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUSpec(_Spec):
+    """LN-GRU (Eqs. 26-28). Carry ``h``.
+
+    The kernels hold the gate part (z, r: 2H) and the candidate part (H) side
+    by side; ``recurrent_bias`` is added to the candidate's recurrent path
+    inside the reset gate.
+    """
+
+    gates = 3
+
+    def param_shapes(self, in_features):
+        return {**super().param_shapes(in_features),
+                "recurrent_bias": ((self.features,), "bias")}
+
+    def segments(self):
+        h = self.features
+        return (h, h, h) if self.norm_per_gate else (2 * h, h)
+
+    def step(self, params, carry, xp):
+        h = carry
+        hp = self._recurrent_path(params, h)
+        n_feat = self.features
+        z, r = jnp.split(xp[..., :2 * n_feat] + hp[..., :2 * n_feat], 2, axis=-1)
+        candidate = self.activation_fn(
+            xp[..., 2 * n_feat:]
+            + self.gate_fn(r) * (hp[..., 2 * n_feat:] + params["recurrent_bias"]))
+        u = self.gate_fn(z)
+        new_h = (1 - u) * h + u * candidate
+        return new_h, new_h
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleSpec(_Spec):
+    """LN-RNN (Eq. 4): ``h_t = tanh(LN(W_h h + W_x x; a) + b)``. Carry ``h``.
+
+    The layer norm is over the sum of both paths, so only ``W_x x`` is
+    hoisted; the bias is the layer norm's bias.
+    """
+
+    def _norm_shapes(self):
+        return {"scale": ((self.features,), "scale")}
+
+    def input_path(self, params, x):
+        return x @ params["input_kernel"]
+
+    def step(self, params, carry, xp):
+        a = xp + carry @ params["recurrent_kernel"]
+        if self.layer_norm:
+            a = layer_norm(a, params["scale"], epsilon=self.epsilon)
+        new_h = self.activation_fn(a + params["bias"])
+        return new_h, new_h
+
+
+def param_initializers(spec: _Spec, in_features: int, *, kernel_init: Callable,
+                       recurrent_kernel_init: Callable, bias_init: Callable
+                       ) -> dict[str, tuple[tuple[int, ...], Callable]]:
+    """``{name: (shape, init(key, shape, dtype))}`` for a cell's parameters.
+
+    Kernels are initialized one H-block (gate) at a time, as flax's cells
+    initialize one ``Dense`` per gate (so an orthogonal recurrent init is
+    orthogonal per gate); gains start at 1 and the cell-norm bias at 0.
+    """
+    def blocks(init):
+        def init_blocks(key, shape, dtype=jnp.float32):
+            keys = jax.random.split(key, spec.gates)
+            block = (shape[0], shape[1] // spec.gates)
+            return jnp.concatenate([init(k, block, dtype) for k in keys], axis=-1)
+        return init_blocks
+
+    def ones(key, shape, dtype=jnp.float32):
+        return jnp.ones(shape, dtype)
+
+    def zeros(key, shape, dtype=jnp.float32):
+        return jnp.zeros(shape, dtype)
+
+    inits = {"kernel": blocks(kernel_init), "recurrent_kernel": blocks(recurrent_kernel_init),
+             "bias": bias_init, "scale": ones, "zeros": zeros}
+    return {name: (shape, inits[role])
+            for name, (shape, role) in spec.param_shapes(in_features).items()}
+
+
+# --------------------------------------------------------------------------
+# Sequences.
+# --------------------------------------------------------------------------
+
+
+def hoisted_inputs(spec: _Spec, params: Params, xs: Array) -> Array:
+    """The input path for every time step at once: one ``(T*B, in) @ (in, G*H)`` matmul."""
+    return spec.input_path(params, xs)
+
+
+def masked_scan(step: Callable, carry: Any, xps: Array, *, valid: Array | None = None,
+                reverse: bool = False, unroll: int = 1) -> tuple[Any, Array]:
+    """Scan ``step`` over the leading (time) axis of ``xps``.
+
+    Where ``valid[t]`` (shape ``(T, *batch)``) is False the carry passes
+    through unchanged and the output is zero, so the final carry of a
+    right-padded sequence is its carry at its last valid step. With
+    ``reverse`` the scan runs from the last step to the first and the outputs
+    stay in time order.
+    """
+    if valid is None:
+        return lax.scan(step, carry, xps, reverse=reverse, unroll=unroll)
+
+    def body(carry, inputs):
+        xp, ok = inputs
+        new_carry, y = step(carry, xp)
+        keep = ok[..., None]
+        new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
+        return new_carry, jnp.where(keep, y, jnp.zeros_like(y))
+
+    return lax.scan(body, carry, (xps, valid), reverse=reverse, unroll=unroll)
+
+
+def _check_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], steps: int,
+                   name: str) -> Array:
+    lengths = jnp.asarray(seq_lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"{name}: seq_lengths must be integers, got {lengths.dtype}.")
+    if lengths.shape != tuple(batch_shape):
+        raise ValueError(f"{name}: seq_lengths of shape {lengths.shape} must have the batch "
+                         f"shape {tuple(batch_shape)} of the inputs.")
+    message = (f"{name}: seq_lengths must lie in [0, {steps}] (the sequence has {steps} "
+               "steps)")
+    if not isinstance(seq_lengths, jax.core.Tracer):
+        concrete = np.asarray(seq_lengths)
+        if concrete.size and (concrete.min() < 0 or concrete.max() > steps):
+            raise ValueError(f"{message}; got min {concrete.min()}, max {concrete.max()}.")
+    else:
+        def check(values):
+            values = np.asarray(values)
+            if values.size and (values.min() < 0 or values.max() > steps):
+                raise ValueError(f"{message}; got min {values.min()}, max {values.max()}.")
+        jax.debug.callback(check, lengths)
+    return lengths
+
+
+def flip_within_lengths(ys: Array, lengths: Array | None) -> Array:
+    """Reverse each time-major sequence within its length; padding stays at the end."""
+    steps = ys.shape[0]
+    if lengths is None:
+        return ys[::-1]
+    t = jnp.arange(steps).reshape((steps,) + (1,) * lengths.ndim)
+    idx = jnp.where(t < lengths, lengths - 1 - t, t)
+    idx = idx.reshape(idx.shape + (1,) * (ys.ndim - idx.ndim))
+    return jnp.take_along_axis(ys, jnp.broadcast_to(idx, ys.shape), axis=0)
+
+
+def check_sequence_rank(name: str, xs: Array) -> None:
+    """A sequence needs at least a time and a feature axis."""
+    if xs.ndim < 2:
+        raise ValueError(f"{name}: a sequence needs shape (*batch, time, features) "
+                         f"(or (time, *batch, features) with time_major), got {xs.shape}.")
+
+
+def run_layer(spec: _Spec, params: Params, xs: Array, *, initial_carry: Any,
+              make_carry: Callable[[tuple[int, ...]], Any], defaults: Any,
+              seq_lengths: Array | None = None, **overrides) -> Any:
+    """The sequence layers' call: resolve options, make a carry if none is given, run.
+
+    Args:
+      spec, params, xs: as for :func:`sequence`.
+      initial_carry: the carry to start from, or None.
+      make_carry: ``make_carry(step_shape)`` builds the initial carry for one
+        time step's input shape.
+      defaults: the layer, whose attributes ``time_major``, ``return_carry``,
+        ``reverse``, ``keep_order`` and ``unroll`` apply where ``overrides``
+        (the call's keywords of the same names) are None.
+      seq_lengths: as for :func:`sequence`.
+
+    Returns:
+      The outputs, or ``(carry, outputs)`` when ``return_carry``.
+    """
+    names = ("time_major", "return_carry", "reverse", "keep_order", "unroll")
+    opt = {n: getattr(defaults, n) if overrides.get(n) is None else overrides[n] for n in names}
+    if initial_carry is None:
+        step_shape = xs.shape[1:] if opt["time_major"] else xs.shape[:-2] + xs.shape[-1:]
+        initial_carry = make_carry(step_shape)
+    carry, outputs = sequence(spec, params, xs, initial_carry, seq_lengths=seq_lengths,
+                              time_major=opt["time_major"], reverse=opt["reverse"],
+                              keep_order=opt["keep_order"], unroll=opt["unroll"])
+    return (carry, outputs) if opt["return_carry"] else outputs
+
+
+def sequence(spec: _Spec, params: Params, xs: Array, carry: Any, *,
+             seq_lengths: Array | None = None, time_major: bool = False,
+             reverse: bool = False, keep_order: bool = False,
+             unroll: int = 1) -> tuple[Any, Array]:
+    """Run a cell over a whole sequence with the hoisted input path.
+
+    Args:
+      spec: the cell.
+      params: its parameters.
+      xs: inputs ``(*batch, time, features)``, or ``(time, *batch, features)``
+        with ``time_major``.
+      carry: the initial carry (batch shape of ``xs``).
+      seq_lengths: optional integer array of the batch shape: right-padded
+        sequences. Outputs past a sequence's length are zero; the returned
+        carry is the carry at its last valid step; padding never reaches a
+        valid output or a gradient.
+      time_major: whether time is the leading axis of ``xs`` and the outputs.
+      reverse: run from the last valid step to the first.
+      keep_order: with ``reverse``, return the outputs in time order;
+        otherwise in processing order (reversed within each length), as
+        ``flax.linen.RNN`` does.
+      unroll: scan unrolling.
+
+    Returns:
+      ``(final_carry, outputs)`` with outputs shaped like ``xs`` but with
+      ``features`` hidden units.
+    """
+    check_sequence_rank(spec.name, xs)
+    if not time_major:
+        xs = jnp.moveaxis(xs, -2, 0)
+    steps, batch_shape = xs.shape[0], xs.shape[1:-1]
+    spec.check(params, xs[0], carry)
+    valid = None
+    lengths = None
+    if seq_lengths is not None:
+        lengths = _check_lengths(seq_lengths, batch_shape, steps, spec.name)
+        valid = jnp.arange(steps).reshape((steps,) + (1,) * len(batch_shape)) < lengths
+        xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))  # padding never enters
+    xps = hoisted_inputs(spec, params, xs)
+    carry, ys = masked_scan(lambda c, xp: spec.step(params, c, xp), carry, xps,
+                            valid=valid, reverse=reverse, unroll=unroll)
+    if reverse and not keep_order:
+        ys = flip_within_lengths(ys, lengths)
+    if not time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
+    return carry, ys
