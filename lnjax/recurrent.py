@@ -388,6 +388,33 @@ def run_layer(spec: _Spec, params: Params, xs: Array, *, initial_carry: Any,
     return (carry, outputs) if opt["return_carry"] else outputs
 
 
+def _varying_axes(v: Any) -> frozenset:
+    """The manual mesh axes ``v`` varies over (empty outside ``shard_map``)."""
+    aval = jax.typeof(v)
+    manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.9
+    if manual is not None:
+        return frozenset(manual.varying)
+    return frozenset(getattr(aval, "vma", frozenset()))
+
+
+def _varying_like(carry: Any, like: Any) -> Any:
+    """``carry`` marked as varying over every manual mesh axis that ``like`` varies over.
+
+    Inside ``shard_map`` a carry made of constants (zeros) is the same on every
+    device, while the step's result varies with each device's inputs; ``scan``
+    needs both to have the same type.
+    """
+    axes = frozenset().union(*(_varying_axes(v) for v in jax.tree.leaves(like)))
+    if not axes:
+        return carry
+
+    def cast(c):
+        missing = tuple(sorted(axes - _varying_axes(c)))
+        return lax.pcast(c, missing, to="varying") if missing else c
+
+    return jax.tree.map(cast, carry)
+
+
 def sequence(spec: _Spec, params: Params, xs: Array, carry: Any, *,
              seq_lengths: Array | None = None, time_major: bool = False,
              reverse: bool = False, keep_order: bool = False,
@@ -427,6 +454,7 @@ def sequence(spec: _Spec, params: Params, xs: Array, carry: Any, *,
         valid = jnp.arange(steps).reshape((steps,) + (1,) * len(batch_shape)) < lengths
         xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))  # padding never enters
     xps = hoisted_inputs(spec, params, xs)
+    carry = _varying_like(carry, (xps, params))
     carry, ys = masked_scan(lambda c, xp: spec.step(params, c, xp), carry, xps,
                             valid=valid, reverse=reverse, unroll=unroll)
     if reverse and not keep_order:

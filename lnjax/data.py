@@ -1,0 +1,525 @@
+"""Data sets for the paper's experiments: MNIST, Fashion-MNIST and KMNIST.
+
+Pure NumPy: nothing here imports jax, and ``tensorflow_datasets`` is imported
+only when a TFDS source is tried, so this module works without it.
+
+:func:`load` returns a :class:`Dataset` of float32 images in ``[0, 1]`` shaped
+``(N, 28, 28)`` and int32 labels. It looks for the data in these places, in
+this order (``source="auto"``), and uses the first that has it:
+
+1. **IDX files in** ``data_dir`` (when given): the four MNIST-format files
+   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+   ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each gzipped
+   (``.gz``) or plain, in ``data_dir/<name>`` or in ``data_dir`` itself.
+2. **TFDS**: ``tfds.data_source(name, split=..., data_dir=data_dir,
+   download=False)`` reads a data set prepared in the ``array_record`` format,
+   without TensorFlow. Nothing is ever downloaded.
+3. **IDX folders on disk**: ``$LNJAX_DATA_DIR/<name>``, ``$LNJAX_DATA_DIR``,
+   ``~/.cache/lnjax/<name>``, and the Debian/Ubuntu package folders
+   ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``)
+   and ``/usr/share/datasets/mnist``.
+
+``source="tfds"`` tries step 2 only, ``source="idx"`` steps 1 and 3 only. When
+nothing is found, :class:`DataNotFoundError` (a ``FileNotFoundError``) says
+how to get the data and lists every place that was tried.
+
+Splits follow the paper, which holds out 5,000 training examples for
+validation: ``"train"`` is the first 55,000 of the 60,000 training examples,
+``"validation"`` the last 5,000, ``"train_full"`` all 60,000 and ``"test"``
+the 10,000 test examples. In TFDS terms: ``train[:-5000]``, ``train[-5000:]``,
+``train`` and ``test``.
+
+:func:`batches` shuffles a whole epoch with a seed and stacks it into
+``(num_batches, batch_size, ...)`` arrays, ready for one ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "NAMES",
+    "SPLITS",
+    "DataNotFoundError",
+    "Dataset",
+    "batches",
+    "describe",
+    "load",
+]
+
+NAMES = ("mnist", "fashion_mnist", "kmnist")
+"""The data sets :func:`load` knows (TFDS names; all share the MNIST format)."""
+
+SPLITS = ("train", "validation", "test", "train_full")
+"""The splits :func:`load` knows."""
+
+_SOURCES = ("auto", "tfds", "idx")
+_VALIDATION_SIZE = 5_000  # the last examples of the training file
+_IMAGE_SHAPE = (28, 28)
+_NUM_CLASSES = 10
+_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+
+# The IDX files of each part of the data, without the optional ".gz".
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+# Folders installed by Debian/Ubuntu packages (``dataset-fashion-mnist``).
+_DEBIAN_DIRS = {
+    "mnist": "/usr/share/datasets/mnist",
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+}
+
+
+class Dataset(NamedTuple):
+    """One split of a data set, in memory."""
+
+    images: np.ndarray  # (N, 28, 28) float32 in [0, 1]
+    labels: np.ndarray  # (N,) int32 in [0, 10)
+    name: str  # "mnist", "fashion_mnist" or "kmnist"
+    split: str  # "train", "validation", "test" or "train_full"
+    source: str  # where it came from: "idx:<folder>" or "tfds:<name> (<folder>)"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No source had the data; the message says how to get it."""
+
+
+# --------------------------------------------------------------------------
+# Argument checks.
+# --------------------------------------------------------------------------
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], *, fn: str, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{fn}: {name} must be a string, one of {choices}; got {value!r}.")
+    if value not in choices:
+        raise ValueError(f"{fn}: unknown {name} {value!r}; the known ones are {choices}.")
+    return value
+
+
+def _check_int(value: Any, *, fn: str, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+# --------------------------------------------------------------------------
+# Splits.
+# --------------------------------------------------------------------------
+
+
+def _split_slice(split: str, n_train: int, *,
+                 validation_size: int | None = None) -> tuple[str, slice]:
+    """The file part (``"train"`` or ``"test"``) and the slice of it that ``split`` takes.
+
+    ``validation_size`` (default 5,000) examples at the end of the training
+    file are held out: with the 60,000 training examples of MNIST,
+    ``"train"`` is ``[0, 55000)`` and ``"validation"`` is ``[55000, 60000)``.
+
+    Args:
+      split: one of :data:`SPLITS`.
+      n_train: the number of examples in the training file.
+      validation_size: how many training examples are held out.
+
+    Returns:
+      ``(part, slice)``.
+    """
+    v = _VALIDATION_SIZE if validation_size is None else validation_size
+    if split == "test":
+        return "test", slice(None)
+    if split == "train_full":
+        return "train", slice(None)
+    if n_train <= v:
+        raise ValueError(
+            f"load: split={split!r} holds out the last {v} training examples for validation, "
+            f"but the training file has only {n_train}; use split='train_full'.")
+    if split == "train":
+        return "train", slice(0, n_train - v)
+    if split == "validation":
+        return "train", slice(n_train - v, n_train)
+    raise ValueError(f"load: unknown split {split!r}; the known ones are {SPLITS}.")
+
+
+def _tfds_split(split: str) -> str:
+    """The TFDS split string for ``split`` (``train[:-5000]`` = ``train[:55000]`` for MNIST)."""
+    v = _VALIDATION_SIZE
+    return {"train": f"train[:-{v}]", "validation": f"train[-{v}:]",
+            "test": "test", "train_full": "train"}[split]
+
+
+# --------------------------------------------------------------------------
+# IDX files.
+# --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _read_idx_cached(path: str, mtime_ns: int, size: int, magic: int) -> np.ndarray:
+    del mtime_ns, size  # in the key only: a file rewritten in place is read again
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":  # gzip, whatever the name says
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"load: {path} is not a valid gzip file ({e}).") from e
+    kind = "images" if magic == _IMAGES_MAGIC else "labels"
+    ndim = 3 if magic == _IMAGES_MAGIC else 1
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"load: {path} is not an IDX {kind} file: it has only {len(raw)} bytes, "
+                         f"fewer than the {header}-byte header.")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise ValueError(f"load: {path} is not an IDX {kind} file: its magic number is {found}, "
+                         f"expected {magic}.")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise ValueError(f"load: {path} is truncated or padded: its header says {kind} of shape "
+                         f"{shape} ({expected} bytes with the header), but it holds "
+                         f"{len(raw)} bytes.")
+    array = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    array.flags.writeable = False  # shared by every caller of the cache
+    return array
+
+
+def _read_idx(path: Path, *, magic: int) -> np.ndarray:
+    """The uint8 array in the IDX file ``path`` (gzipped or plain), read-only and cached.
+
+    Raises ``ValueError`` naming the file when its magic number is not
+    ``magic`` or its length does not match the sizes in its header.
+    """
+    st = path.stat()
+    return _read_idx_cached(os.fspath(path.resolve()), st.st_mtime_ns, st.st_size, magic)
+
+
+def _find_idx_pair(folder: Path, part: str) -> tuple[Path, Path] | str:
+    """The (images, labels) files of ``part`` in ``folder``, or why they are not there."""
+    if not folder.is_dir():
+        return "no such folder"
+    found, missing = [], []
+    for stem in _IDX_FILES[part]:
+        for candidate in (folder / stem, folder / (stem + ".gz")):
+            if candidate.is_file():
+                found.append(candidate)
+                break
+        else:
+            missing.append(stem + "[.gz]")
+    if missing:
+        return "missing " + ", ".join(missing)
+    return found[0], found[1]
+
+
+def _load_idx(folder: Path, name: str, split: str, files: tuple[Path, Path]) -> Dataset:
+    images_path, labels_path = files
+    images = _read_idx(images_path, magic=_IMAGES_MAGIC)
+    labels = _read_idx(labels_path, magic=_LABELS_MAGIC)
+    if images.shape[1:] != _IMAGE_SHAPE:
+        raise ValueError(f"load: {images_path} holds images of shape {images.shape[1:]}, "
+                         f"expected {_IMAGE_SHAPE}.")
+    if len(images) != len(labels):
+        raise ValueError(f"load: {images_path} holds {len(images)} images but {labels_path} "
+                         f"holds {len(labels)} labels; they must be equal.")
+    _check_labels(labels, where=os.fspath(labels_path))
+    _, sl = _split_slice(split, len(images))
+    return _make_dataset(images[sl], labels[sl], name, split, f"idx:{folder}")
+
+
+def _candidate_folders(base: Path, name: str) -> list[Path]:
+    """``base/<name>`` (also with hyphens, as Debian spells it), then ``base``."""
+    subs = dict.fromkeys([name, name.replace("_", "-")])
+    return [base / sub for sub in subs] + [base]
+
+
+def _idx_search_dirs(name: str) -> list[Path | str]:
+    """The IDX folders of step 3, in order; a string is a note on a place not searched.
+
+    Read at call time, so ``$LNJAX_DATA_DIR`` and ``$HOME`` can change.
+    """
+    dirs: list[Path | str] = []
+    env = os.environ.get("LNJAX_DATA_DIR")
+    if env:
+        dirs += _candidate_folders(Path(env).expanduser(), name)
+    else:
+        dirs.append("$LNJAX_DATA_DIR: not set")
+    dirs.append(Path.home() / ".cache" / "lnjax" / name)
+    if name in _DEBIAN_DIRS:
+        dirs.append(Path(_DEBIAN_DIRS[name]))
+    return dirs
+
+
+# --------------------------------------------------------------------------
+# TFDS.
+# --------------------------------------------------------------------------
+
+
+def _load_tfds(name: str, split: str, data_dir: str | os.PathLike | None,
+               tried: list[str]) -> Dataset | None:
+    """The split from ``tfds.data_source`` (never downloading), or None with a note in ``tried``."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        tried.append(f"tfds:{name}: tensorflow_datasets is not installed ({e})")
+        return None
+    if data_dir is not None:
+        where = os.fspath(data_dir)
+    else:  # TFDS's default, fixed when it was imported: $TFDS_DATA_DIR or ~/tensorflow_datasets
+        try:
+            from tensorflow_datasets.core.constants import DATA_DIR as where
+        except ImportError:
+            where = "the default TFDS data_dir"
+    import logging
+
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # "not prepared" is an expected outcome, not a warning
+    try:
+        source = tfds.data_source(
+            name, split=_tfds_split(split),
+            data_dir=None if data_dir is None else os.fspath(data_dir), download=False)
+    except Exception as e:  # TFDS raises many types for "not prepared"; all mean: not here.
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        tried.append(f"tfds:{name} in {where}: not prepared ({type(e).__name__}: {reason})")
+        return None
+    finally:
+        absl_logger.setLevel(level)
+    n = len(source)
+    images = np.empty((n, *_IMAGE_SHAPE), np.uint8)
+    labels = np.empty((n,), np.int64)
+    for i in range(n):  # one by one: random access, no TensorFlow
+        example = source[i]
+        image = np.asarray(example["image"])
+        if image.shape not in (_IMAGE_SHAPE, (*_IMAGE_SHAPE, 1)):
+            raise ValueError(f"load: tfds:{name} example {i} has an image of shape "
+                             f"{image.shape}, expected {_IMAGE_SHAPE} or {(*_IMAGE_SHAPE, 1)}.")
+        images[i] = image.reshape(_IMAGE_SHAPE)
+        labels[i] = int(example["label"])
+    info = getattr(source, "dataset_info", None)
+    path = getattr(info, "data_dir", None) or where
+    _check_labels(labels, where=f"tfds:{name}")
+    return _make_dataset(images, labels, name, split, f"tfds:{name} ({path})")
+
+
+# --------------------------------------------------------------------------
+# Putting it together.
+# --------------------------------------------------------------------------
+
+
+def _check_labels(labels: np.ndarray, *, where: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
+        raise ValueError(f"load: {where} has labels in [{labels.min()}, {labels.max()}], "
+                         f"expected [0, {_NUM_CLASSES - 1}].")
+
+
+def _make_dataset(images: np.ndarray, labels: np.ndarray, name: str, split: str,
+                  source: str) -> Dataset:
+    """Fresh float32 images in [0, 1] and int32 labels (never views of a cached array)."""
+    scaled = images.astype(np.float32)
+    scaled /= np.float32(255.0)
+    return Dataset(images=scaled,
+                   labels=labels.astype(np.int32, copy=True),
+                   name=name, split=split, source=source)
+
+
+def _not_found_message(name: str, split: str, source: str, tried: list[str]) -> str:
+    lines = [
+        f"load: no data found for {name!r} (split {split!r}, source={source!r}).",
+        "Tried, in order:",
+        *(f"  - {t}" for t in tried),
+        "To get the data, do one of:",
+        "  1. With internet: pip install tensorflow-datasets tensorflow, then in Python:",
+        "       import tensorflow_datasets as tfds",
+        f"       tfds.builder({name!r}).download_and_prepare(file_format='array_record')",
+        "     (pass data_dir=... to tfds.builder and to load() to keep it elsewhere than",
+        "     ~/tensorflow_datasets).",
+        "  2. Put the four MNIST-format IDX files in a folder, gzipped or plain:",
+        *(f"       {stem}.gz" for part in ("train", "test") for stem in _IDX_FILES[part]),
+        "     and pass data_dir=FOLDER (--data-dir FOLDER on the command line), or set",
+        f"     LNJAX_DATA_DIR=FOLDER, or copy them to ~/.cache/lnjax/{name}.",
+        "  3. Debian/Ubuntu, fashion_mnist only: sudo apt-get install dataset-fashion-mnist",
+        "     (installs the IDX files in /usr/share/datasets/fashion-mnist).",
+    ]
+    return "\n".join(lines)
+
+
+def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+         source: str = "auto") -> Dataset:
+    """One split of MNIST, Fashion-MNIST or KMNIST as NumPy arrays.
+
+    Looks in ``data_dir`` (IDX files), then TFDS, then the IDX folders on disk
+    (see the module docstring); never downloads anything. Parsed IDX files are
+    cached in-process, so loading ``"train"`` and then ``"validation"`` reads
+    the training file once; every call returns fresh arrays.
+
+    Args:
+      name: ``"mnist"``, ``"fashion_mnist"`` or ``"kmnist"``.
+      split: ``"train"`` (the first 55,000 training examples), ``"validation"``
+        (the last 5,000), ``"test"`` (10,000) or ``"train_full"`` (60,000).
+      data_dir: a folder with the IDX files (directly or in a subfolder named
+        after the data set), or a TFDS data directory.
+      source: ``"auto"`` (every source, in order), ``"idx"`` or ``"tfds"``.
+
+    Returns:
+      A :class:`Dataset`: float32 images in ``[0, 1]`` shaped ``(N, 28, 28)``,
+      int32 labels shaped ``(N,)``, and a ``source`` saying where they came from.
+
+    Raises:
+      DataNotFoundError: no source has the data (a ``FileNotFoundError``); the
+        message says how to get it and lists the places tried.
+      ValueError: an unknown name, split or source, or a malformed IDX file
+        (the message names the file).
+
+    Example (needs the data; ``tests/test_data.py`` runs it on real files)::
+
+      ds = load("fashion_mnist", "test")
+      ds.images.shape, ds.labels.shape  # ((10000, 28, 28), (10000,))
+    """
+    _check_choice(name, NAMES, fn="load", name="name")
+    _check_choice(split, SPLITS, fn="load", name="split")
+    _check_choice(source, _SOURCES, fn="load", name="source")
+    part = "test" if split == "test" else "train"
+    tried: list[str] = []
+
+    def from_folders(folders: list[Path | str]) -> Dataset | None:
+        for folder in folders:
+            if isinstance(folder, str):
+                tried.append(folder)
+                continue
+            found = _find_idx_pair(folder, part)
+            if isinstance(found, str):
+                tried.append(f"idx:{folder}: {found}")
+                continue
+            return _load_idx(folder, name, split, found)
+        return None
+
+    if source in ("auto", "idx") and data_dir is not None:
+        ds = from_folders(_candidate_folders(Path(data_dir).expanduser(), name))
+        if ds is not None:
+            return ds
+    if source in ("auto", "tfds"):
+        ds = _load_tfds(name, split, data_dir, tried)
+        if ds is not None:
+            return ds
+    if source in ("auto", "idx"):
+        ds = from_folders(_idx_search_dirs(name))
+        if ds is not None:
+            return ds
+    raise DataNotFoundError(_not_found_message(name, split, source, tried))
+
+
+def describe(ds: Dataset) -> str:
+    """A one-line summary of a :class:`Dataset`: name, split, size and source.
+
+    Args:
+      ds: a :class:`Dataset` from :func:`load`.
+
+    Returns:
+      A string such as ``"fashion_mnist/test: 10000 examples from idx:/data"``.
+
+    Example:
+      >>> import numpy as np
+      >>> ds = Dataset(np.zeros((3, 28, 28), np.float32), np.zeros(3, np.int32),
+      ...              "mnist", "test", "idx:/data/mnist")
+      >>> describe(ds)
+      'mnist/test: 3 examples from idx:/data/mnist'
+    """
+    return f"{ds.name}/{ds.split}: {len(ds.labels)} examples from {ds.source}"
+
+
+def batches(images: Any, labels: Any, batch_size: int, *, seed: int, epoch: int = 0,
+            drop_remainder: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch, shuffled with a seed and stacked into batches for a ``lax.scan``.
+
+    The order is ``np.random.default_rng((seed, epoch)).permutation(N)``: the
+    same ``seed`` and ``epoch`` give the same batches, another ``epoch`` another
+    order. With ``drop_remainder=True`` the last ``N % batch_size`` examples of
+    the shuffled order are left out (different ones each epoch); with
+    ``drop_remainder=False`` ``batch_size`` must divide ``N`` (a ``ValueError``
+    otherwise), so that every example appears exactly once. Nothing is padded.
+
+    Args:
+      images: an array with ``N`` examples on its first axis.
+      labels: an array with the same ``N`` examples on its first axis.
+      batch_size: examples per batch, ``1 <= batch_size <= N``.
+      seed: a non-negative int.
+      epoch: a non-negative int, mixed into the seed.
+      drop_remainder: leave out the examples that do not fill a last batch
+        (else require that ``batch_size`` divides ``N``).
+
+    Returns:
+      ``(xb, yb)``: NumPy arrays shaped ``(N // batch_size, batch_size,
+      *images.shape[1:])`` and ``(N // batch_size, batch_size,
+      *labels.shape[1:])``, with the input dtypes.
+
+    Example:
+      >>> import numpy as np
+      >>> xb, yb = batches(np.zeros((10, 28, 28)), np.arange(10), 4, seed=0)
+      >>> xb.shape, yb.shape
+      ((2, 4, 28, 28), (2, 4))
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim == 0 or labels.ndim == 0:
+        raise ValueError(f"batches: images and labels need a leading examples axis; got shapes "
+                         f"{images.shape} and {labels.shape}.")
+    n = images.shape[0]
+    if labels.shape[0] != n:
+        raise ValueError(f"batches: images (shape {images.shape}) and labels (shape "
+                         f"{labels.shape}) must have the same number of examples.")
+    batch_size = _check_int(batch_size, fn="batches", name="batch_size", minimum=1)
+    if batch_size > n:
+        raise ValueError(f"batches: batch_size={batch_size} is larger than the {n} examples.")
+    seed = _check_int(seed, fn="batches", name="seed", minimum=0)
+    epoch = _check_int(epoch, fn="batches", name="epoch", minimum=0)
+    if not drop_remainder and n % batch_size:
+        raise ValueError(
+            f"batches: batch_size={batch_size} does not divide the {n} examples and "
+            f"drop_remainder=False; pass drop_remainder=True to leave out {n % batch_size} "
+            f"examples per epoch, or a batch_size that divides {n}.")
+    num_batches = n // batch_size
+    order = np.random.default_rng((seed, epoch)).permutation(n)
+    index = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+    return images[index], labels[index]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lnjax.data [NAME ...]``: print the first data set found and its source.
+
+    Exits with status 0 when one of the names (default: mnist, fashion_mnist)
+    loads, 1 otherwise, so scripts can install data only when none is found.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(description="Find a data set that lnjax.data.load can read.")
+    p.add_argument("names", nargs="*", default=["mnist", "fashion_mnist"],
+                   help=f"data set names, from {', '.join(NAMES)}")
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args(argv)
+    unknown = [n for n in args.names if n not in NAMES]
+    if unknown:
+        p.error(f"unknown data set(s) {unknown}; choose from {list(NAMES)}")
+    for name in args.names:
+        try:
+            print(describe(load(name, "test", data_dir=args.data_dir)))
+            return 0
+        except DataNotFoundError:
+            continue
+    print(f"none of {', '.join(args.names)} found; see lnjax.data.load's error for how to "
+          "get one")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

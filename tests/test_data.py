@@ -1,0 +1,518 @@
+"""Tests for lnjax.data: IDX parsing, splits, sources, the not-found message, batching."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lnjax import data
+
+N_TRAIN, N_TEST = 12, 5
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# --------------------------------------------------------------------------
+# Helpers: small IDX files with known values.
+# --------------------------------------------------------------------------
+
+
+def idx_bytes(array, magic):
+    array = np.asarray(array, np.uint8)
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def write(path, payload, gz):
+    path = Path(str(path) + ".gz") if gz else Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    return path
+
+
+def fake_images(n, offset):
+    """Image i: pixel (r, c) = (offset + 7 i + r + c) mod 256, so every image differs."""
+    i, r, c = np.ogrid[:n, :28, :28]
+    return ((offset + 7 * i + r + c) % 256).astype(np.uint8)
+
+
+def fake_labels(n, offset):
+    return ((np.arange(n) + offset) % 10).astype(np.uint8)
+
+
+TRAIN_X, TRAIN_Y = fake_images(N_TRAIN, 0), fake_labels(N_TRAIN, 0)
+TEST_X, TEST_Y = fake_images(N_TEST, 100), fake_labels(N_TEST, 3)
+
+
+def write_idx_folder(folder, *, gz=True):
+    """The four IDX files of a 12-train / 5-test data set in ``folder``."""
+    write(folder / TRAIN_FILES[0], idx_bytes(TRAIN_X, 2051), gz)
+    write(folder / TRAIN_FILES[1], idx_bytes(TRAIN_Y, 2049), gz)
+    write(folder / TEST_FILES[0], idx_bytes(TEST_X, 2051), gz)
+    write(folder / TEST_FILES[1], idx_bytes(TEST_Y, 2049), gz)
+    return folder
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """No data anywhere by default: empty HOME, no $LNJAX_DATA_DIR, no Debian folders."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LNJAX_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "_DEBIAN_DIRS", {
+        "mnist": str(tmp_path / "debian" / "mnist"),
+        "fashion_mnist": str(tmp_path / "debian" / "fashion-mnist")})
+    data._read_idx_cached.cache_clear()
+    return home
+
+
+@pytest.fixture
+def no_tfds(monkeypatch):
+    """``import tensorflow_datasets`` raises ImportError."""
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+
+
+# --------------------------------------------------------------------------
+# IDX files.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "plain"])
+def test_load_idx_values(tmp_path, isolated, gz):
+    folder = write_idx_folder(tmp_path / "d", gz=gz)
+    test = data.load("mnist", "test", data_dir=folder)
+    assert test.images.dtype == np.float32 and test.labels.dtype == np.int32
+    assert test.images.shape == (N_TEST, 28, 28) and test.labels.shape == (N_TEST,)
+    np.testing.assert_array_equal(test.images, TEST_X.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(test.labels, TEST_Y)
+    assert (test.name, test.split, test.source) == ("mnist", "test", f"idx:{folder}")
+    full = data.load("mnist", "train_full", data_dir=folder)
+    np.testing.assert_array_equal(full.images * 255, TRAIN_X)
+    np.testing.assert_array_equal(full.labels, TRAIN_Y)
+    assert full.images.min() >= 0 and full.images.max() <= 1
+
+
+def test_load_idx_mixed_gz_and_plain(tmp_path, isolated):
+    folder = tmp_path / "d"
+    write(folder / TEST_FILES[0], idx_bytes(TEST_X, 2051), gz=True)
+    write(folder / TEST_FILES[1], idx_bytes(TEST_Y, 2049), gz=False)
+    np.testing.assert_array_equal(data.load("kmnist", "test", data_dir=folder).labels, TEST_Y)
+
+
+def test_load_idx_detects_gzip_by_content(tmp_path, isolated):
+    folder = tmp_path / "d"
+    write(folder / TEST_FILES[0], gzip.compress(idx_bytes(TEST_X, 2051)), gz=False)
+    write(folder / TEST_FILES[1], idx_bytes(TEST_Y, 2049), gz=True)
+    np.testing.assert_array_equal(data.load("mnist", "test", data_dir=folder).images * 255, TEST_X)
+
+
+@pytest.mark.parametrize("sub", ["fashion_mnist", "fashion-mnist"])
+def test_load_idx_subfolder_named_after_the_data_set(tmp_path, isolated, sub):
+    write_idx_folder(tmp_path / "d" / sub)
+    ds = data.load("fashion_mnist", "test", data_dir=tmp_path / "d", source="idx")
+    assert ds.source == f"idx:{tmp_path / 'd' / sub}"
+    np.testing.assert_array_equal(ds.labels, TEST_Y)
+
+
+def test_load_idx_subfolder_wins_over_the_folder_itself(tmp_path, isolated):
+    write_idx_folder(tmp_path / "d")
+    sub = tmp_path / "d" / "kmnist"
+    write(sub / TEST_FILES[0], idx_bytes(TEST_X[:2], 2051), gz=False)
+    write(sub / TEST_FILES[1], idx_bytes(TEST_Y[:2], 2049), gz=False)
+    assert len(data.load("kmnist", "test", data_dir=tmp_path / "d").labels) == 2
+    assert len(data.load("mnist", "test", data_dir=tmp_path / "d").labels) == N_TEST
+
+
+def test_load_only_needs_the_files_of_its_part(tmp_path, isolated):
+    folder = tmp_path / "d"
+    write(folder / TEST_FILES[0], idx_bytes(TEST_X, 2051), gz=True)
+    write(folder / TEST_FILES[1], idx_bytes(TEST_Y, 2049), gz=True)
+    assert len(data.load("mnist", "test", data_dir=folder, source="idx").labels) == N_TEST
+    with pytest.raises(data.DataNotFoundError, match="missing train-images-idx3-ubyte"):
+        data.load("mnist", "train_full", data_dir=folder, source="idx")
+
+
+def test_load_caches_parsed_files_and_returns_fresh_arrays(tmp_path, isolated, monkeypatch):
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    folder = write_idx_folder(tmp_path / "d")
+    train = data.load("mnist", "train", data_dir=folder)
+    misses = data._read_idx_cached.cache_info().misses
+    assert misses == 2  # one images and one labels file
+    data.load("mnist", "validation", data_dir=folder)
+    assert data._read_idx_cached.cache_info().misses == misses  # not parsed again
+    train.images[:] = -1.0
+    train.labels[:] = -1
+    again = data.load("mnist", "train", data_dir=folder)
+    np.testing.assert_array_equal(again.images * 255, TRAIN_X[:8])
+    np.testing.assert_array_equal(again.labels, TRAIN_Y[:8])
+    cached = data._read_idx(folder / (TRAIN_FILES[0] + ".gz"), magic=2051)
+    assert not cached.flags.writeable
+
+
+def test_load_rereads_a_file_rewritten_in_place(tmp_path, isolated):
+    folder = write_idx_folder(tmp_path / "d", gz=False)
+    data.load("mnist", "test", data_dir=folder)
+    path = folder / TEST_FILES[1]
+    path.write_bytes(idx_bytes(np.full(N_TEST, 9), 2049))
+    os.utime(path, ns=(1, 1))  # a different mtime, whatever the clock resolution
+    np.testing.assert_array_equal(data.load("mnist", "test", data_dir=folder).labels, 9)
+
+
+# --------------------------------------------------------------------------
+# Splits.
+# --------------------------------------------------------------------------
+
+
+def test_split_slice_mnist_sizes():
+    assert data._split_slice("train", 60_000) == ("train", slice(0, 55_000))
+    assert data._split_slice("validation", 60_000) == ("train", slice(55_000, 60_000))
+    assert data._split_slice("train_full", 60_000) == ("train", slice(None))
+    assert data._split_slice("test", 10_000) == ("test", slice(None))
+    # The hold-out is the last examples of the training file, whatever its length.
+    assert data._split_slice("validation", 12, validation_size=4) == ("train", slice(8, 12))
+    assert data._split_slice("train", 12, validation_size=4) == ("train", slice(0, 8))
+
+
+def test_split_slice_too_few_training_examples():
+    with pytest.raises(ValueError, match="train_full"):
+        data._split_slice("train", 5_000)
+    with pytest.raises(ValueError, match="unknown split"):
+        data._split_slice("dev", 60_000)
+
+
+def test_tfds_split_strings_match_the_paper_split():
+    pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.core import ReadInstruction, splits
+
+    info = {"train": splits.SplitInfo(name="train", shard_lengths=[60_000], num_bytes=0,
+                                       filename_template=None)}
+
+    def absolute(split):
+        (inst,) = ReadInstruction.from_spec(data._tfds_split(split)).to_absolute(info)
+        return inst.splitname, inst.from_, inst.to
+
+    assert absolute("train") == ("train", None, 55_000)
+    assert absolute("validation") == ("train", 55_000, None)
+    assert absolute("train_full") == ("train", None, None)
+    assert data._tfds_split("test") == "test"
+
+
+def test_load_splits_partition_the_training_file(tmp_path, isolated, monkeypatch):
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    folder = write_idx_folder(tmp_path / "d")
+    train = data.load("mnist", "train", data_dir=folder)
+    val = data.load("mnist", "validation", data_dir=folder)
+    assert len(train.labels) == N_TRAIN - 4 and len(val.labels) == 4
+    np.testing.assert_array_equal(train.labels, TRAIN_Y[:-4])
+    np.testing.assert_array_equal(val.labels, TRAIN_Y[-4:])
+    np.testing.assert_array_equal(val.images * 255, TRAIN_X[-4:])
+
+
+def test_load_train_split_of_a_small_file_is_an_error(tmp_path, isolated):
+    folder = write_idx_folder(tmp_path / "d")
+    with pytest.raises(ValueError, match="only 12"):
+        data.load("mnist", "train", data_dir=folder)
+
+
+# --------------------------------------------------------------------------
+# Malformed files.
+# --------------------------------------------------------------------------
+
+
+def _malformed(folder, which):
+    """A test part whose ``which`` file is broken; returns the broken file's path."""
+    images, labels = idx_bytes(TEST_X, 2051), idx_bytes(TEST_Y, 2049)
+    broken_images = {
+        "images_magic": idx_bytes(TEST_X, 2049),
+        "images_truncated": images[:-1],
+        "images_padded": images + b"\0",
+        "images_header": images[:10],
+        "images_shape": idx_bytes(TEST_X[:, :27], 2051),
+        "images_gzip": gzip.compress(images)[:-20],
+    }
+    broken_labels = {
+        "labels_magic": idx_bytes(TEST_Y, 2051),
+        "labels_count": idx_bytes(TEST_Y[:-1], 2049),
+        "labels_range": idx_bytes(np.full(N_TEST, 10), 2049),
+    }
+    if which in broken_images:
+        images = broken_images[which]
+    else:
+        labels = broken_labels[which]
+    image_path = write(folder / TEST_FILES[0], images, gz=False)
+    label_path = write(folder / TEST_FILES[1], labels, gz=False)
+    return image_path if which in broken_images else label_path
+
+
+@pytest.mark.parametrize("which", [
+    "images_magic", "images_truncated", "images_padded", "images_header", "images_shape",
+    "images_gzip", "labels_magic", "labels_count", "labels_range"])
+def test_malformed_idx_file_raises_value_error_naming_it(tmp_path, isolated, which):
+    path = _malformed(tmp_path / "d", which)
+    with pytest.raises(ValueError) as excinfo:
+        data.load("mnist", "test", data_dir=tmp_path / "d")
+    assert str(path) in str(excinfo.value)
+    assert not isinstance(excinfo.value, FileNotFoundError)
+
+
+def test_malformed_messages_say_what_is_wrong(tmp_path, isolated):
+    _malformed(tmp_path / "a", "images_magic")
+    with pytest.raises(ValueError, match="magic number is 2049, expected 2051"):
+        data.load("mnist", "test", data_dir=tmp_path / "a")
+    _malformed(tmp_path / "b", "labels_count")
+    with pytest.raises(ValueError, match="5 images but .* 4 labels"):
+        data.load("mnist", "test", data_dir=tmp_path / "b")
+
+
+# --------------------------------------------------------------------------
+# Where the data are looked for, and the message when they are nowhere.
+# --------------------------------------------------------------------------
+
+
+def test_missing_data_message(tmp_path, isolated):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DataNotFoundError) as excinfo:
+        data.load("fashion_mnist", "test", data_dir=empty)
+    assert isinstance(excinfo.value, FileNotFoundError)
+    msg = str(excinfo.value)
+    for text in [
+        "pip install tensorflow-datasets tensorflow",
+        "tfds.builder('fashion_mnist').download_and_prepare(file_format='array_record')",
+        "data_dir=FOLDER", "--data-dir", "LNJAX_DATA_DIR",
+        "sudo apt-get install dataset-fashion-mnist",
+        "t10k-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        # the places tried, in order
+        f"idx:{empty / 'fashion_mnist'}: no such folder",
+        f"idx:{empty}: missing t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]",
+        "tfds:fashion_mnist in",
+        "$LNJAX_DATA_DIR: not set",
+        f"idx:{isolated / '.cache' / 'lnjax' / 'fashion_mnist'}: no such folder",
+        f"idx:{tmp_path / 'debian' / 'fashion-mnist'}: no such folder",
+    ]:
+        assert text in msg, text
+    tried = [msg.index(t) for t in ("idx:" + str(empty), "tfds:", "$LNJAX", ".cache", "debian")]
+    assert tried == sorted(tried)
+
+
+def test_missing_data_lists_lnjax_data_dir(tmp_path, isolated, monkeypatch, no_tfds):
+    monkeypatch.setenv("LNJAX_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(data.DataNotFoundError) as excinfo:
+        data.load("kmnist", "train")
+    msg = str(excinfo.value)
+    assert f"idx:{tmp_path / 'env' / 'kmnist'}: no such folder" in msg
+    assert f"idx:{tmp_path / 'env'}: no such folder" in msg
+    assert "tfds:kmnist: tensorflow_datasets is not installed" in msg
+    assert "/usr/share/datasets" not in msg.split("To get the data")[0]  # none for kmnist
+
+
+def test_search_order_lnjax_data_dir_then_cache_then_debian(tmp_path, isolated, monkeypatch,
+                                                            no_tfds):
+    debian = write_idx_folder(tmp_path / "debian" / "fashion-mnist")
+    assert data.load("fashion_mnist", "test").source == f"idx:{debian}"
+    cache = write_idx_folder(isolated / ".cache" / "lnjax" / "fashion_mnist")
+    assert data.load("fashion_mnist", "test").source == f"idx:{cache}"
+    env = write_idx_folder(tmp_path / "env")
+    monkeypatch.setenv("LNJAX_DATA_DIR", str(env))
+    assert data.load("fashion_mnist", "test").source == f"idx:{env}"
+    env_sub = write_idx_folder(env / "fashion_mnist")
+    assert data.load("fashion_mnist", "test").source == f"idx:{env_sub}"
+    given = write_idx_folder(tmp_path / "given")
+    assert data.load("fashion_mnist", "test", data_dir=given).source == f"idx:{given}"
+
+
+def test_forced_tfds_source_skips_idx_folders(tmp_path, isolated, no_tfds):
+    folder = write_idx_folder(tmp_path / "d")
+    with pytest.raises(data.DataNotFoundError, match="tensorflow_datasets is not installed"):
+        data.load("mnist", "test", data_dir=folder, source="tfds")
+
+
+def test_module_imports_and_reads_idx_without_tensorflow_datasets(tmp_path):
+    folder = write_idx_folder(tmp_path / "d")
+    module = Path(data.__file__)
+    script = f"""
+import importlib.util, sys
+sys.modules["tensorflow_datasets"] = None  # any import of it fails
+spec = importlib.util.spec_from_file_location("lnjax_data", {str(module)!r})
+data = importlib.util.module_from_spec(spec)
+sys.modules["lnjax_data"] = data
+spec.loader.exec_module(data)
+ds = data.load("mnist", "test", data_dir={str(folder)!r})
+assert ds.images.shape == ({N_TEST}, 28, 28), ds.images.shape
+try:
+    data.load("mnist", "test", source="tfds")
+except data.DataNotFoundError as e:
+    assert "not installed" in str(e)
+else:
+    raise AssertionError("no error")
+assert not any(m.startswith(("jax", "tensorflow")) for m in sys.modules if sys.modules[m])
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(name="emnist", split="test"), ValueError, r"'mnist', 'fashion_mnist', 'kmnist'"),
+    (dict(name="mnist", split="dev"), ValueError, r"'train', 'validation', 'test', 'train_full'"),
+    (dict(name="mnist", split="test", source="web"), ValueError, "source"),
+    (dict(name=3, split="test"), TypeError, "name"),
+])
+def test_load_bad_arguments(kwargs, err, match):
+    name, split = kwargs.pop("name"), kwargs.pop("split")
+    with pytest.raises(err, match=match):
+        data.load(name, split, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# TFDS (mocked: tfds.testing.mock_data serves random examples to data_source).
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tfds():
+    return pytest.importorskip("tensorflow_datasets")
+
+
+@pytest.mark.parametrize("name", data.NAMES)
+def test_tfds_source_with_mock_data(tmp_path, isolated, tfds, name):
+    with tfds.testing.mock_data(num_examples=7):
+        ds = data.load(name, "train", source="tfds")
+        raw = tfds.data_source(name, split="train", download=False)
+        raw_images = np.stack([raw[i]["image"][..., 0] for i in range(len(raw))])
+        raw_labels = np.array([raw[i]["label"] for i in range(len(raw))])
+    assert ds.images.shape == (7, 28, 28) and ds.images.dtype == np.float32
+    assert ds.labels.shape == (7,) and ds.labels.dtype == np.int32
+    assert 0 <= ds.images.min() and ds.images.max() <= 1 and ds.images.max() > 0
+    assert 0 <= ds.labels.min() and ds.labels.max() < 10
+    np.testing.assert_array_equal(ds.images * 255, raw_images)
+    np.testing.assert_array_equal(ds.labels, raw_labels)
+    assert ds.source.startswith(f"tfds:{name} (") and ds.name == name
+
+
+def test_tfds_is_asked_for_the_paper_splits_without_download(tmp_path, isolated, tfds,
+                                                             monkeypatch):
+    calls = []
+    real = tfds.data_source
+
+    def spy(name, **kwargs):
+        calls.append((name, kwargs["split"], kwargs["download"], kwargs["data_dir"]))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(tfds, "data_source", spy)
+    with tfds.testing.mock_data(num_examples=3):
+        for split in data.SPLITS:
+            assert data.load("mnist", split, data_dir=tmp_path, source="tfds").split == split
+    assert calls == [("mnist", s, False, str(tmp_path)) for s in
+                     ("train[:-5000]", "train[-5000:]", "test", "train")]
+
+
+def test_auto_order_idx_data_dir_then_tfds_then_idx_folders(tmp_path, isolated, tfds):
+    given = write_idx_folder(tmp_path / "given")
+    write_idx_folder(isolated / ".cache" / "lnjax" / "mnist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with tfds.testing.mock_data(num_examples=3):
+        assert data.load("mnist", "test", data_dir=given).source == f"idx:{given}"
+        assert data.load("mnist", "test", data_dir=empty).source.startswith("tfds:mnist")
+        assert data.load("mnist", "test", data_dir=given, source="tfds").source.startswith("tfds:")
+    # TFDS not prepared (empty data_dir, no mock): the IDX folders are next.
+    assert data.load("mnist", "test", data_dir=empty).source.startswith("idx:")
+
+
+# --------------------------------------------------------------------------
+# batches and describe.
+# --------------------------------------------------------------------------
+
+
+def test_batches_shapes_dtypes_and_pairing():
+    images = np.arange(12, dtype=np.float32)[:, None, None] * np.ones((12, 28, 28), np.float32)
+    labels = np.arange(12, dtype=np.int32)
+    xb, yb = data.batches(images, labels, 4, seed=0)
+    assert xb.shape == (3, 4, 28, 28) and yb.shape == (3, 4)
+    assert xb.dtype == np.float32 and yb.dtype == np.int32
+    np.testing.assert_array_equal(xb[:, :, 5, 7], yb)  # each image stays with its label
+    assert sorted(yb.ravel().tolist()) == list(range(12))  # every example exactly once
+
+
+def test_batches_order_is_the_documented_permutation():
+    labels = np.arange(10)
+    xb, yb = data.batches(labels * 10, labels, 5, seed=3, epoch=2, drop_remainder=False)
+    expected = np.random.default_rng((3, 2)).permutation(10).reshape(2, 5)
+    np.testing.assert_array_equal(yb, expected)
+    np.testing.assert_array_equal(xb, expected * 10)
+
+
+def test_batches_seeded_determinism():
+    x, y = np.zeros((100, 3)), np.arange(100)
+    first = data.batches(x, y, 10, seed=1, epoch=0)[1]
+    np.testing.assert_array_equal(first, data.batches(x, y, 10, seed=1, epoch=0)[1])
+    assert not np.array_equal(first, data.batches(x, y, 10, seed=1, epoch=1)[1])
+    assert not np.array_equal(first, data.batches(x, y, 10, seed=2, epoch=0)[1])
+    assert not np.array_equal(first.ravel(), y)  # shuffled
+
+
+def test_batches_drop_remainder():
+    y = np.arange(10)
+    xb, yb = data.batches(y, y, 4, seed=0)
+    assert yb.shape == (2, 4) and len(set(yb.ravel().tolist())) == 8
+    dropped = {frozenset(set(range(10)) - set(data.batches(y, y, 4, seed=0, epoch=e)[1].ravel()))
+               for e in range(5)}
+    assert len(dropped) > 1  # a different remainder each epoch
+    with pytest.raises(ValueError, match="does not divide the 10 examples"):
+        data.batches(y, y, 4, seed=0, drop_remainder=False)
+
+
+def test_batches_feed_lax_scan():
+    import jax
+    import jax.numpy as jnp
+
+    y = np.arange(12, dtype=np.int32)
+    xb, yb = data.batches(y.astype(np.float32), y, 3, seed=0)
+    total, _ = jax.lax.scan(lambda c, b: (c + jnp.sum(b[0]) + jnp.sum(b[1]), None),
+                            jnp.float32(0), (xb, yb))
+    assert float(total) == 2 * sum(range(12))
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+    (dict(batch_size=11), ValueError, "larger than the 10 examples"),
+    (dict(batch_size=2.0), TypeError, "batch_size must be an int"),
+    (dict(batch_size=True), TypeError, "batch_size must be an int"),
+    (dict(batch_size=2, seed=-1), ValueError, "seed must be >= 0"),
+    (dict(batch_size=2, epoch=-1), ValueError, "epoch must be >= 0"),
+    (dict(batch_size=2, labels=np.arange(9)), ValueError, "same number of examples"),
+    (dict(batch_size=2, labels=np.int32(3)), ValueError, "leading examples axis"),
+])
+def test_batches_errors(kwargs, err, match):
+    labels = kwargs.pop("labels", np.arange(10))
+    kwargs.setdefault("seed", 0)
+    with pytest.raises(err, match=match):
+        data.batches(np.zeros((10, 2)), labels, **kwargs)
+
+
+def test_describe(tmp_path, isolated):
+    folder = write_idx_folder(tmp_path / "d")
+    ds = data.load("kmnist", "test", data_dir=folder)
+    assert data.describe(ds) == f"kmnist/test: {N_TEST} examples from idx:{folder}"
+
+
+# --------------------------------------------------------------------------
+# The real Fashion-MNIST test split, where the Debian package installed it.
+# --------------------------------------------------------------------------
+
+
+def test_real_fashion_mnist_test_split(isolated, monkeypatch):
+    if not DEBIAN_FASHION.is_dir():
+        pytest.skip(f"{DEBIAN_FASHION} is absent (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setattr(data, "_DEBIAN_DIRS", {"fashion_mnist": str(DEBIAN_FASHION)})
+    ds = data.load("fashion_mnist", "test", source="idx")  # found via the search path
+    assert ds.source == f"idx:{DEBIAN_FASHION}"
+    assert ds.images.shape == (10_000, 28, 28) and ds.images.dtype == np.float32
+    assert ds.labels.shape == (10_000,) and ds.labels.dtype == np.int32
+    assert ds.images.min() == 0.0 and ds.images.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(ds.labels, minlength=10), [1000] * 10)

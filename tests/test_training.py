@@ -1,0 +1,171 @@
+"""Tests for lnjax.training: steps, the epoch scan, evaluation, checkpoints and resuming."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lnjax import linen as lnn
+from lnjax import training
+
+
+class Net(nn.Module):
+    """A small classifier with batch norm (so batch_stats is exercised) and layer norm."""
+
+    bn: bool = True
+
+    @nn.compact
+    def __call__(self, x, *, train, mask=None):
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(16, use_bias=False)(x)
+        if self.bn:
+            x = lnn.BatchNorm(use_running_average=not train, momentum=0.9)(x, mask=mask)
+        else:
+            x = lnn.LayerNorm()(x)
+        return nn.Dense(3)(nn.relu(x))
+
+
+def toy_data(n, seed=0):
+    """Three linearly separable-ish classes in 6 dimensions."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n).astype(np.int32)
+    centres = np.eye(3, 6, dtype=np.float32) * 3
+    x = centres[y] + rng.normal(size=(n, 6)).astype(np.float32)
+    return x, y
+
+
+X, Y = toy_data(96)
+XV, YV = toy_data(40, seed=1)
+
+
+def new_state(seed=0, bn=True, lr=0.05):
+    return training.create_train_state(Net(bn=bn), optax.adam(lr), X[:1], seed=seed)
+
+
+def assert_trees_equal(a, b, atol=0.0):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=atol, rtol=0)
+
+
+def test_create_train_state_has_batch_stats():
+    s = new_state()
+    assert int(s.step) == 0
+    assert set(s.batch_stats["BatchNorm_0"]) == {"mean", "var"}
+    assert new_state(bn=False).batch_stats == {}
+
+
+def test_train_step_updates_params_and_batch_stats():
+    s = new_state()
+    s2, m = jax.jit(training.train_step)(s, {"x": X[:8], "y": Y[:8]})
+    assert int(s2.step) == 1
+    assert m["loss"].shape == () and 0 <= float(m["error"]) <= 1
+    mean = s2.batch_stats["BatchNorm_0"]["mean"]
+    assert not np.allclose(mean, 0)  # momentum 0.9: 10% of the batch mean
+    assert not np.allclose(s2.params["Dense_0"]["kernel"], s.params["Dense_0"]["kernel"])
+
+
+def test_train_step_weights_equal_dropping_examples():
+    """Padding with weight 0 changes neither the loss nor the gradient (no batch norm)."""
+    s = new_state(bn=False)
+    w = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+    step = jax.jit(training.train_step)
+    s_w, m_w = step(s, {"x": X[:8], "y": Y[:8], "weight": w})
+    s_d, m_d = step(s, {"x": X[:5], "y": Y[:5]})
+    np.testing.assert_allclose(m_w["loss"], m_d["loss"], rtol=1e-6)
+    assert_trees_equal(s_w.params, s_d.params, atol=1e-6)
+
+
+def test_epoch_scan_equals_python_loop_of_steps():
+    xb, yb = X.reshape(12, 8, 6), Y.reshape(12, 8)
+    s_scan, metrics = training.train_epoch(new_state(), jnp.asarray(xb), jnp.asarray(yb))
+    s_loop = new_state()
+    step = jax.jit(training.train_step)
+    losses = []
+    for i in range(12):
+        s_loop, m = step(s_loop, {"x": xb[i], "y": yb[i]})
+        losses.append(float(m["loss"]))
+    np.testing.assert_allclose(np.asarray(metrics["loss"]), losses, rtol=1e-5, atol=1e-6)
+    assert_trees_equal(s_scan.params, s_loop.params, atol=1e-5)
+    assert_trees_equal(s_scan.batch_stats, s_loop.batch_stats, atol=1e-5)
+    assert int(s_scan.step) == 12
+
+
+def test_epoch_scan_reports_progress_from_inside_the_scan():
+    calls = []
+    report = calls.append
+    xb, yb = X.reshape(12, 8, 6), Y.reshape(12, 8)
+    out, _ = training.train_epoch(new_state(), xb, yb, report=report, report_every=5)
+    jax.block_until_ready(out.params)
+    jax.effects_barrier()
+    assert sorted(int(c) for c in calls) == [5, 10]
+
+
+def test_train_epoch_rejects_mismatched_batches():
+    with pytest.raises(ValueError, match="xb must be"):
+        training.train_epoch(new_state(), X.reshape(12, 8, 6), Y.reshape(8, 12))
+
+
+def test_evaluate_pads_the_last_batch_exactly():
+    s = new_state()
+    whole = training.evaluate(s, XV, YV, batch_size=40)
+    padded = training.evaluate(s, XV, YV, batch_size=7)
+    assert whole["loss"] == pytest.approx(padded["loss"], rel=1e-6)
+    assert whole["error"] == pytest.approx(padded["error"], abs=1e-7)
+    logits = s.apply_fn({"params": s.params, "batch_stats": s.batch_stats}, XV, train=False)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, YV).mean()
+    assert whole["loss"] == pytest.approx(float(nll), rel=1e-5)
+    assert whole["error"] == pytest.approx(float(np.mean(np.argmax(logits, -1) != YV)))
+
+
+def test_evaluate_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="evaluate"):
+        training.evaluate(new_state(), XV, YV[:3])
+
+
+def test_fit_learns_and_is_deterministic():
+    _, h1 = training.fit(new_state(), (X, Y), epochs=4, batch_size=8, seed=3,
+                         evals={"validation": (XV, YV)}, progress=False)
+    _, h2 = training.fit(new_state(), (X, Y), epochs=4, batch_size=8, seed=3,
+                         evals={"validation": (XV, YV)}, progress=False)
+    _, h3 = training.fit(new_state(), (X, Y), epochs=4, batch_size=8, seed=4,
+                         evals={"validation": (XV, YV)}, progress=False)
+    assert h1["train_loss"][-1] < 0.7 * h1["train_loss"][0]
+    assert h1["validation_error"][-1] < 0.2
+    assert h1["step_loss"] == h2["step_loss"] and h1["validation_loss"] == h2["validation_loss"]
+    assert h1["step_loss"] != h3["step_loss"]
+    assert h1["steps"] == [12, 24, 36, 48]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    kw = dict(batch_size=8, seed=1, evals={"validation": (XV, YV)}, progress=False)
+    full_state, full = training.fit(new_state(), (X, Y), epochs=3, **kw)
+    # Interrupted after one epoch, then resumed from the checkpoint by a fresh process-like call.
+    training.fit(new_state(), (X, Y), epochs=1, checkpoint_dir=tmp_path, **kw)
+    ckpt = training.Checkpointer(tmp_path)
+    assert ckpt.latest() == 1
+    ckpt.close()
+    resumed_state, resumed = training.fit(new_state(), (X, Y), epochs=3,
+                                          checkpoint_dir=tmp_path, **kw)
+    for key in ("epoch", "steps", "step_loss", "train_loss", "train_error",
+                "validation_loss", "validation_error"):
+        assert resumed[key] == full[key], key
+    assert_trees_equal(resumed_state.params, full_state.params)
+    assert_trees_equal(resumed_state.batch_stats, full_state.batch_stats)
+    assert_trees_equal(resumed_state.opt_state, full_state.opt_state)
+    assert int(resumed_state.step) == int(full_state.step) == 36
+
+
+def test_checkpointer_roundtrip_and_errors(tmp_path):
+    s, _ = training.train_epoch(new_state(), X.reshape(12, 8, 6), Y.reshape(12, 8))
+    ckpt = training.Checkpointer(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ckpt.restore(new_state())
+    ckpt.save(5, s, {"epoch": [5], "note": "x"})
+    restored, history = ckpt.restore(new_state())
+    ckpt.close()
+    assert history == {"epoch": [5], "note": "x"}
+    assert int(restored.step) == 12
+    assert_trees_equal(restored.params, s.params)
+    assert_trees_equal(restored.opt_state, s.opt_state)
