@@ -56,8 +56,8 @@ def make_mesh(num_devices: int | None = None, *, axis_name: str = AXIS) -> jax.s
 
     Example:
       >>> from lnjax import parallel
-      >>> parallel.make_mesh(1).shape
-      OrderedDict({'data': 1})
+      >>> dict(parallel.make_mesh(1).shape)
+      {'data': 1}
     """
     devices = jax.devices()
     n = len(devices) if num_devices is None else num_devices
