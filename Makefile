@@ -42,7 +42,7 @@ bench: $(VENV)/.installed-bench
 
 ## lint: ruff over the package, tests and benchmarks.
 lint: $(VENV)/.installed-dev
-	$(PY) -m ruff check lnjax tests benchmarks
+	$(PY) -m ruff check lnjax tests benchmarks colabs/_build.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -46,6 +46,7 @@ import numpy as np
 
 __all__ = [
     "NAMES",
+    "prepare",
     "SPLITS",
     "DataNotFoundError",
     "Dataset",
@@ -492,6 +493,28 @@ def batches(images: Any, labels: Any, batch_size: int, *, seed: int, epoch: int 
     order = np.random.default_rng((seed, epoch)).permutation(n)
     index = order[: num_batches * batch_size].reshape(num_batches, batch_size)
     return images[index], labels[index]
+
+
+def prepare(name: str, *, data_dir: str | os.PathLike | None = None) -> None:
+    """Downloads and prepares ``name`` with TFDS so that :func:`load` can read it.
+
+    The one function of this module that uses the network: it runs
+    ``tfds.builder(name, data_dir=...).download_and_prepare(file_format="array_record")``,
+    which needs ``tensorflow-datasets``, TensorFlow and internet access (as in
+    Colab). :func:`load` itself never downloads.
+
+    Args:
+      name: one of :data:`NAMES`.
+      data_dir: the TFDS data directory (default: TFDS's own).
+    """
+    _check_choice(name, NAMES, fn="prepare", name="name")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError("prepare: needs tensorflow-datasets (pip install "
+                          "'lnjax[data]' tensorflow)") from e
+    builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    builder.download_and_prepare(file_format="array_record")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -516,3 +516,22 @@ def test_real_fashion_mnist_test_split(isolated, monkeypatch):
     assert ds.labels.shape == (10_000,) and ds.labels.dtype == np.int32
     assert ds.images.min() == 0.0 and ds.images.max() == 1.0
     np.testing.assert_array_equal(np.bincount(ds.labels, minlength=10), [1000] * 10)
+
+
+def test_prepare_asks_tfds_for_array_record_data(monkeypatch, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+
+    class Builder:
+        def __init__(self, name, data_dir=None):
+            calls.append(("builder", name, data_dir))
+
+        def download_and_prepare(self, **kwargs):
+            calls.append(("prepare", kwargs))
+
+    monkeypatch.setattr(tfds, "builder", Builder)
+    data.prepare("fashion_mnist", data_dir=tmp_path)
+    assert calls == [("builder", "fashion_mnist", str(tmp_path)),
+                     ("prepare", {"file_format": "array_record"})]
+    with pytest.raises(ValueError, match="name"):
+        data.prepare("cifar10")

@@ -149,3 +149,12 @@ def test_fit_with_a_mesh_equals_fit_on_one_device():
     s8, h8 = training.fit(many, (x, y), mesh=parallel.make_mesh(8), **kw)
     np.testing.assert_allclose(h1["train_loss"], h8["train_loss"], rtol=1e-5)
     assert max_diff(s1.params, s8.params) < 1e-5
+
+
+def test_scaling_benchmark_measures_each_device_count():
+    from benchmarks import scaling
+
+    rows = scaling.measure(quick=True, methods=("layernorm",), device_counts=(1, 2))
+    assert [r["devices"] for r in rows] == [1, 2]
+    assert all(r["steps_per_second"] > 0 for r in rows)
+    assert "| layernorm (steps/s) |" in scaling.markdown(rows)

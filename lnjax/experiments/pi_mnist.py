@@ -150,8 +150,10 @@ def plot(results: dict, path: str) -> None:
             ax.grid(alpha=0.3, which="both")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         top.legend()
+    hidden = results.get("config", {}).get("hidden", [1000, 1000])
+    widths = "-".join(str(w) for w in [784, *hidden, 10])
     fig.suptitle(f"Permutation-invariant {results['dataset']['name']} (lnjax), "
-                 "784-1000-1000-10, Adam", fontsize=11)
+                 f"{widths}, Adam", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
