@@ -36,9 +36,12 @@ test: $(VENV)/.installed-dev
 	@$(PY) -m lnjax.data fashion_mnist >/dev/null || $(MAKE) --no-print-directory data
 	$(PY) -m pytest -q -n 2
 
-## bench: accuracy far from zero.
+## bench: speed against flax/PyTorch/a copy, accuracy far from zero, multi-device scaling.
 bench: $(VENV)/.installed-bench
+	$(PY) -m benchmarks.run --out benchmarks/results
 	$(PY) -m benchmarks.accuracy
+	$(PY) -m benchmarks.scaling --out benchmarks/results
+	$(PY) -m benchmarks.training_loop
 
 ## lint: ruff over the package, tests and benchmarks.
 lint: $(VENV)/.installed-dev

@@ -819,7 +819,126 @@ def ln_lstm_notebook() -> Notebook:
     return nb
 
 
-NOTEBOOKS = (layer_norm_notebook, pi_mnist_notebook, ln_lstm_notebook)
+# --------------------------------------------------------------------------
+# 04: the benchmark suite in quick mode, as plots.
+# --------------------------------------------------------------------------
+
+BENCH_INSTALL = f"""\
+# In Colab, clone lnjax (the benchmarks live beside the package) and install it;
+# run locally from a clone, this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    !git clone -q {REPO_URL} /content/lnjax
+    %pip install -q -e "/content/lnjax[bench,torch]"
+    %cd /content/lnjax
+"""
+
+
+def benchmarks_notebook() -> Notebook:
+    nb = Notebook("04_benchmarks")
+    nb.md(f"""
+    # lnjax benchmarks: layer norm and LN-LSTM against flax and PyTorch
+
+    {nb.badge()}
+
+    Runs the benchmark suite (`python -m benchmarks.run --quick`) and plots its
+    ratios: lnjax's layer norm and RMS norm (forward + backward, and forward
+    alone) against `flax.linen.LayerNorm`/`RMSNorm`, against `torch.nn.LayerNorm`
+    when PyTorch is installed, and against a memory copy of the same bytes (the
+    floor); the compiled temporary memory; and the LN-LSTM sequence layer
+    against flax's LSTM with and without layer norm. All timings are medians of
+    interleaved rounds in this one process, so the *ratios* are what to read.
+
+    Reference: {PAPER}; the LN-LSTM is its Eqs. 20-22.
+    """)
+    nb.code(BENCH_INSTALL)
+    nb.md("""
+    **Settings.** Quick mode: few rounds of the real shapes, a few minutes on a
+    laptop CPU. If the environment variable `LNJAX_NOTEBOOK_DATA_DIR` is set (as
+    `tests/test_notebooks.py` does), tiny shapes are used so the notebook runs
+    in seconds; the numbers are then meaningless, only the plumbing is tested.
+    """)
+    nb.code("""
+    %matplotlib inline
+    import os
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import lnjax
+
+    # The benchmarks sit beside the package in a clone of the repository.
+    root = Path(lnjax.__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "run.py").exists():
+        raise FileNotFoundError(f"benchmarks/ not found beside {root / 'lnjax'}: run this "
+                                "notebook from a clone of the repository (pip install -e .)")
+    sys.path.insert(0, str(root))
+    from benchmarks import run as bench
+
+    TINY = os.environ.get("LNJAX_NOTEBOOK_DATA_DIR") is not None
+    out = Path(tempfile.mkdtemp(prefix="lnjax-bench-"))
+    results = bench.run(quick=True, shapes="tiny" if TINY else "full", out=out,
+                        cases=["ln_fb", "rms_fb", "ln_fwd", "ln_memory"] if TINY else None)
+    print(results["machine"])
+    """)
+    nb.md("""
+    ## Speed-ups against flax and PyTorch
+
+    Each bar is `time(other) / time(lnjax)`: above 1, lnjax is faster. The black
+    ticks are the targets of the speed work.
+    """)
+    nb.code("""
+    %matplotlib inline
+    import matplotlib.pyplot as plt  # (the suite wrote its PNG with the Agg backend)
+    import numpy as np
+
+    rows = [(rec["title"], r) for rec in results["cases"] for r in rec.get("ratios", [])
+            if r["num"] != "copy"]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
+    ys = np.arange(len(rows))[::-1]
+    colors = ["tab:blue" if "torch" in r["den"] or "torch" in r["num"] else "tab:orange"
+              for _, r in rows]
+    ax.barh(ys, [r["value"] for _, r in rows], color=colors)
+    for y, (_, r) in zip(ys, rows):
+        if r["target"] is not None:
+            ax.plot([r["target"]] * 2, [y - 0.4, y + 0.4], color="black", lw=2)
+    ax.axvline(1, color="gray", ls=":")
+    ax.set_yticks(ys, [f"{t}: {r['num']} vs {r['den']}" for t, r in rows], fontsize=8)
+    ax.set_xlabel("speed-up (x)")
+    ax.set_title("lnjax against flax (orange) and PyTorch (blue)")
+    fig.tight_layout()
+    plt.show()
+    """)
+    nb.md("""
+    ## Distance from the memory floor
+
+    Time in units of one copy of the same array: the forward pass reads `x`
+    and writes `y` (about 1 copy), forward + backward also reads `dy` and
+    writes `dx` (about 2.5 copies at best).
+    """)
+    nb.code("""
+    rows = [(rec["title"], r) for rec in results["cases"] for r in rec.get("ratios", [])
+            if r["num"] == "copy"]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
+    ys = np.arange(len(rows))[::-1]
+    ax.barh(ys, [r["value"] for _, r in rows],
+            color=["tab:green" if "lnjax" in r["den"] else "tab:gray" for _, r in rows])
+    ax.set_yticks(ys, [f"{t}: {r['den']}" for t, r in rows], fontsize=8)
+    ax.set_xlabel("time / time of one copy")
+    ax.set_title("Layer norm in units of a memory copy (lnjax green)")
+    fig.tight_layout()
+    plt.show()
+    """)
+    nb.code("""
+    from IPython.display import Markdown, display
+
+    display(Markdown((out / "results.md").read_text()))
+    """)
+    return nb
+
+
+NOTEBOOKS = (layer_norm_notebook, pi_mnist_notebook, ln_lstm_notebook, benchmarks_notebook)
 
 
 def build(out_dir: Path = HERE) -> list[Path]:

@@ -23,7 +23,8 @@ from tests.test_data import idx_bytes, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLABS = ROOT / "colabs"
-NOTEBOOKS = ("01_layer_norm.ipynb", "02_permutation_invariant_mnist.ipynb", "03_ln_lstm.ipynb")
+NOTEBOOKS = ("01_layer_norm.ipynb", "02_permutation_invariant_mnist.ipynb", "03_ln_lstm.ipynb",
+             "04_benchmarks.ipynb")
 NOTEBOOK_SECONDS = 180  # each notebook, kernel start included
 KERNEL = "lnjax-notebook-test"
 N_TRAIN = 5_200  # "train" is all but the last 5,000 of the training file
@@ -61,7 +62,7 @@ def test_title_then_colab_install_cell(name):
     assert "%matplotlib inline" in "".join(c.source for c in nb.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS[1:])
+@pytest.mark.parametrize("name", NOTEBOOKS[1:3])
 def test_one_flag_cell_for_the_full_size_run(name):
     sources = [c.source.strip() for c in _read(name).cells if c.cell_type == "code"]
     assert len([s for s in sources if s.startswith("FULL = False")]) == 1

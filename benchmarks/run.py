@@ -1,0 +1,558 @@
+"""Speed and memory of lnjax against flax, PyTorch and a memory copy.
+
+::
+
+    python -m benchmarks.run [--quick] [--out DIR] [--shapes {full,tiny}] [--cases NAME,...]
+
+Every case times its functions in one process, round-robin (one timing of
+each function per round, so a slow spell on a shared machine hits all of
+them alike), and reports the median over rounds of each time and of each
+ratio. The reference in each case is a jitted copy of an array of the case's
+size (``copy``): a pass that reads and writes those bytes once, checked to
+produce a new buffer (XLA cannot elide it).
+
+Cases (f32, CPU):
+
+* ``ln_fb``, ``rms_fb``: layer norm / RMS norm forward + backward (the
+  gradient of ``sum(y * dy)`` for x, scale and bias) at (4096, 1024),
+  (16384, 256), (1024, 8192): lnjax, ``flax.linen.LayerNorm``/``RMSNorm``,
+  ``torch.nn.LayerNorm``/``RMSNorm``, copy.
+* ``ln_fwd``: layer norm forward alone.
+* ``ln_memory``: temporary memory of the compiled forward + backward
+  (``compiled.memory_analysis().temp_size_in_bytes``), lnjax against flax.
+* ``lstm``: LN-LSTM sequence layer forward + backward, T=100, batch 32,
+  input 64, hidden 256: ``lnjax.linen.LNLSTM`` with and without layer norm,
+  ``flax.linen.RNN(LSTMCell)``, a flax LN-LSTM (``nn.LayerNorm`` in an RNN
+  cell, Eqs. 20-22) and ``torch.nn.LSTM``.
+
+Writes ``results.json``, ``results.md`` (a table with the machine) and
+``results.png`` (a bar chart of the ratios) to ``--out`` (default
+``benchmarks/results``). ``--quick`` takes fewer rounds (under a minute);
+``--shapes tiny`` uses toy sizes (for tests).
+
+More cases register with :func:`register` (see ``CASES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lnjax.linen as lnn
+
+try:  # PyTorch is compared when it is installed (the ``torch`` extra).
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results"
+EPSILON = 1e-6
+
+
+# --------------------------------------------------------------------------
+# Configuration and results.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What to run: sizes and how long to time."""
+
+    norm_shapes: tuple[tuple[int, int], ...] = ((4096, 1024), (16384, 256), (1024, 8192))
+    lstm: tuple[int, int, int, int] = (100, 32, 64, 256)  # T, batch, input, hidden
+    rounds: int = 15  # timings of each function (the median is reported)
+    min_time: float = 0.02  # seconds per timing (calls are repeated to reach it)
+    seed: int = 0
+
+
+QUICK = dict(rounds=3, min_time=0.005)
+TINY = dict(norm_shapes=((64, 128), (256, 32), (16, 512)), lstm=(5, 4, 8, 16))
+
+
+@dataclasses.dataclass
+class Ratio:
+    """``time[den] / time[num]``: how many times faster ``num`` is than ``den``.
+
+    With ``num="copy"`` it is ``den``'s time in units of one copy. ``target``
+    is the least acceptable value (``at_least``) or the largest (``not
+    at_least``); None when the ratio is reported without a target.
+    """
+
+    num: str
+    den: str
+    target: float | None = None
+    at_least: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.den} / {self.num}"
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark: timed functions (no arguments, blocking) and the ratios to report."""
+
+    name: str
+    title: str
+    functions: dict[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
+    ratios: list[Ratio] = dataclasses.field(default_factory=list)
+    values: dict[str, float] = dataclasses.field(default_factory=dict)  # untimed numbers
+    note: str = ""
+
+
+# name -> builder(config) -> list of Case. Each builder runs inside the progress
+# bar and may return several cases (one per shape).
+CASES: dict[str, Callable[[Config], list[Case]]] = {}
+
+
+def register(name: str):
+    """Decorator: add a case builder ``f(config) -> list[Case]`` under ``name``."""
+    def deco(builder):
+        CASES[name] = builder
+        return builder
+    return deco
+
+
+# --------------------------------------------------------------------------
+# Timing.
+# --------------------------------------------------------------------------
+
+
+def _block(out: Any) -> Any:
+    for leaf in jax.tree_util.tree_leaves(out):
+        if hasattr(leaf, "block_until_ready"):
+            leaf.block_until_ready()
+    return out
+
+
+def jax_call(fn: Callable, *args) -> Callable[[], Any]:
+    """A no-argument callable that runs ``fn(*args)`` and waits for the result."""
+    return lambda: _block(fn(*args))
+
+
+def time_interleaved(functions: dict[str, Callable[[], Any]], *, rounds: int,
+                     min_time: float) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``rounds`` times, round-robin."""
+    repeats = {}
+    for name, f in functions.items():
+        f()  # compile and warm up
+        start = time.perf_counter()
+        f()
+        repeats[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
+    times = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, f in functions.items():
+            start = time.perf_counter()
+            for _ in range(repeats[name]):
+                f()
+            times[name].append((time.perf_counter() - start) / repeats[name])
+    return times
+
+
+def copy_of(x: jax.Array) -> Callable[[], Any]:
+    """A jitted copy of ``x``, checked to write a new buffer."""
+    copy = jax.jit(jnp.copy)
+    y = _block(copy(x))
+    if y.unsafe_buffer_pointer() == x.unsafe_buffer_pointer():
+        raise RuntimeError("the copy baseline was elided by XLA")
+    return jax_call(copy, x)
+
+
+# --------------------------------------------------------------------------
+# Layer norm and RMS norm.
+# --------------------------------------------------------------------------
+
+
+def _norm_inputs(shape, seed):
+    rng = np.random.default_rng(seed)
+    rows, width = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    scale = (1 + 0.1 * rng.standard_normal(width)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(width)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    return x, scale, bias, dy
+
+
+def _forward_backward(module: nn.Module, params: dict) -> Callable:
+    """``(x, dy) -> (y, dx, dparams)``: one forward and one backward pass, jitted."""
+    def run(x, dy, params):
+        y, vjp = jax.vjp(lambda x, p: module.apply({"params": p}, x), x, params)
+        return (y,) + vjp(dy)
+    return jax.jit(run)
+
+
+def _torch_forward_backward(layer, x, dy):
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+
+    def run():
+        for p in (xt, *layer.parameters()):
+            p.grad = None
+        layer(xt).backward(dyt)
+    return run
+
+
+def _norm_modules(kind: str):
+    if kind == "ln":
+        return (lnn.LayerNorm(epsilon=EPSILON), nn.LayerNorm(epsilon=EPSILON),
+                ("scale", "bias"))
+    return lnn.RMSNorm(epsilon=EPSILON), nn.RMSNorm(epsilon=EPSILON), ("scale",)
+
+
+def _torch_norm(kind: str, width: int, scale, bias):
+    if torch is None or (kind == "rms" and not hasattr(torch.nn, "RMSNorm")):
+        return None
+    layer = (torch.nn.LayerNorm(width, eps=EPSILON) if kind == "ln"
+             else torch.nn.RMSNorm(width, eps=EPSILON))
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(scale))
+        if kind == "ln":
+            layer.bias.copy_(torch.from_numpy(bias))
+    return layer
+
+
+def _norm_fb_cases(config: Config, kind: str) -> list[Case]:
+    title = {"ln": "LayerNorm", "rms": "RMSNorm"}[kind]
+    cases = []
+    for shape in config.norm_shapes:
+        x, scale, bias, dy = _norm_inputs(shape, config.seed)
+        ours, theirs, names = _norm_modules(kind)
+        params = dict(zip(names, (jnp.asarray(scale), jnp.asarray(bias))))
+        xj, dyj = jnp.asarray(x), jnp.asarray(dy)
+        case = Case(f"{kind}_fb {shape[0]}x{shape[1]}",
+                    f"{title} fwd+bwd {shape[0]}x{shape[1]}")
+        case.functions["copy"] = copy_of(xj)
+        case.functions["lnjax"] = jax_call(_forward_backward(ours, params), xj, dyj, params)
+        case.functions["flax"] = jax_call(_forward_backward(theirs, params), xj, dyj, params)
+        layer = _torch_norm(kind, shape[1], scale, bias)
+        if layer is not None:
+            case.functions["torch"] = _torch_forward_backward(layer, x, dy)
+        case.note = "copy: one jitted copy of x; fwd+bwd: y and the gradients for x, scale, bias"
+        case.ratios = [Ratio("lnjax", "flax", 3.0)]
+        if layer is not None:
+            case.ratios.append(Ratio("lnjax", "torch", 1.0))
+        case.ratios.append(Ratio("copy", "lnjax", 4.0, at_least=False))
+        cases.append(case)
+    return cases
+
+
+@register("ln_fb")
+def ln_fb(config: Config) -> list[Case]:
+    return _norm_fb_cases(config, "ln")
+
+
+@register("rms_fb")
+def rms_fb(config: Config) -> list[Case]:
+    return _norm_fb_cases(config, "rms")
+
+
+@register("ln_fwd")
+def ln_fwd(config: Config) -> list[Case]:
+    cases = []
+    for shape in config.norm_shapes:
+        x, scale, bias, _ = _norm_inputs(shape, config.seed)
+        ours, theirs, _ = _norm_modules("ln")
+        params = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
+        xj = jnp.asarray(x)
+        case = Case(f"ln_fwd {shape[0]}x{shape[1]}", f"LayerNorm fwd {shape[0]}x{shape[1]}")
+        case.functions["copy"] = copy_of(xj)
+        for name, module in (("lnjax", ours), ("flax", theirs)):
+            fwd = jax.jit(lambda x, p, module=module: module.apply({"params": p}, x))
+            case.functions[name] = jax_call(fwd, xj, params)
+        layer = _torch_norm("ln", shape[1], scale, bias)
+        if layer is not None:
+            xt = torch.from_numpy(x)
+
+            def torch_fwd(layer=layer, xt=xt):
+                with torch.no_grad():
+                    layer(xt)
+            case.functions["torch"] = torch_fwd
+        case.ratios = [Ratio("lnjax", "flax"), Ratio("copy", "lnjax", 1.3, at_least=False)]
+        if layer is not None:
+            case.ratios.insert(1, Ratio("lnjax", "torch"))
+        cases.append(case)
+    return cases
+
+
+@register("ln_memory")
+def ln_memory(config: Config) -> list[Case]:
+    """Temporary memory of the compiled forward+backward (no timing)."""
+    cases = []
+    for kind in ("ln", "rms"):
+        for shape in config.norm_shapes:
+            x, scale, bias, dy = _norm_inputs(shape, config.seed)
+            ours, theirs, names = _norm_modules(kind)
+            params = dict(zip(names, (jnp.asarray(scale), jnp.asarray(bias))))
+            args = (jnp.asarray(x), jnp.asarray(dy), params)
+            case = Case(f"{kind}_memory {shape[0]}x{shape[1]}",
+                        f"{'LayerNorm' if kind == 'ln' else 'RMSNorm'} {shape[0]}x{shape[1]}")
+            for name, module in (("lnjax", ours), ("flax", theirs)):
+                compiled = _forward_backward(module, params).lower(*args).compile()
+                temp = compiled.memory_analysis().temp_size_in_bytes
+                case.values[f"{name} temp MiB"] = temp / 2**20
+            case.values["x MiB"] = x.nbytes / 2**20
+            cases.append(case)
+    return cases
+
+
+# --------------------------------------------------------------------------
+# LN-LSTM sequence layer.
+# --------------------------------------------------------------------------
+
+
+class FlaxLNLSTMCell(nn.RNNCellBase):
+    """The paper's LN-LSTM (Eqs. 20-22) from ``flax.linen.LayerNorm``, for comparison."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, carry, x):
+        c, h = carry
+        gates = (nn.LayerNorm(use_bias=False, name="ln_x")(
+                     nn.Dense(4 * self.features, use_bias=False, name="wx")(x))
+                 + nn.LayerNorm(use_bias=False, name="ln_h")(
+                     nn.Dense(4 * self.features, use_bias=False, name="wh")(h))
+                 + self.param("bias", nn.initializers.zeros, (4 * self.features,)))
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+        h = nn.sigmoid(o) * jnp.tanh(nn.LayerNorm(name="ln_c")(c))
+        return (c, h), h
+
+    def initialize_carry(self, rng, input_shape):
+        shape = tuple(input_shape[:-1]) + (self.features,)
+        return jnp.zeros(shape), jnp.zeros(shape)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+def _flax_lstm_grad(model: nn.Module, xs: jax.Array) -> Callable[[], Any]:
+    params = model.init(jax.random.key(0), xs)
+
+    def loss(params, xs):
+        return jnp.sum(model.apply(params, xs) ** 2)
+    return jax_call(jax.jit(jax.value_and_grad(loss)), params, xs)
+
+
+@register("lstm")
+def lstm(config: Config) -> list[Case]:
+    steps, batch, features, hidden = config.lstm
+    xs = np.random.default_rng(config.seed).standard_normal(
+        (batch, steps, features)).astype(np.float32)
+    xj = jnp.asarray(xs)
+    case = Case("lstm", f"LSTM layer fwd+bwd T={steps} B={batch} in={features} H={hidden}")
+    case.functions["copy"] = copy_of(jnp.zeros((steps * batch, 4 * hidden), jnp.float32))
+    case.functions["lnjax LN-LSTM"] = _flax_lstm_grad(lnn.LNLSTM(hidden), xj)
+    case.functions["lnjax LSTM"] = _flax_lstm_grad(lnn.LNLSTM(hidden, layer_norm=False), xj)
+    case.functions["flax LSTM"] = _flax_lstm_grad(nn.RNN(nn.LSTMCell(hidden)), xj)
+    case.functions["flax LN-LSTM"] = _flax_lstm_grad(nn.RNN(FlaxLNLSTMCell(hidden)), xj)
+    if torch is not None:
+        layer = torch.nn.LSTM(features, hidden, batch_first=True)
+        xt = torch.from_numpy(xs)
+
+        def torch_lstm():
+            for p in layer.parameters():
+                p.grad = None
+            (layer(xt)[0] ** 2).sum().backward()
+        case.functions["torch LSTM"] = torch_lstm
+    case.ratios = [Ratio("lnjax LN-LSTM", "flax LSTM", 1.0),
+                   Ratio("lnjax LN-LSTM", "flax LN-LSTM", 1.7),
+                   Ratio("lnjax LSTM", "flax LSTM")]
+    if torch is not None:
+        case.ratios.append(Ratio("lnjax LN-LSTM", "torch LSTM"))
+    case.note = "copy: one pass over the (T*B, 4H) gate pre-activations"
+    return [case]
+
+
+# --------------------------------------------------------------------------
+# More cases register here. The "epoch scan vs python loop" case (a whole
+# training epoch as one lax.scan in lnjax/training.py against a Python loop of
+# jitted steps) belongs in this place:
+#
+#     @register("epoch_scan")
+#     def epoch_scan(config: Config) -> list[Case]:
+#         case = Case("epoch_scan", "...")
+#         case.functions["lnjax scan"] = ...
+#         case.functions["python loop"] = ...
+#         case.ratios = [Ratio("lnjax scan", "python loop")]
+#         return [case]
+# --------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------
+# Running and reporting.
+# --------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, load and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+            "flax": flax.__version__, "torch": torch.__version__ if torch else None,
+            "backend": jax.default_backend()}
+    if hasattr(os, "getloadavg"):
+        info["load average"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def run_case(case: Case, config: Config) -> dict[str, Any]:
+    """Times one case; returns its JSON record."""
+    record: dict[str, Any] = {"name": case.name, "title": case.title, "note": case.note,
+                              "values": case.values}
+    if not case.functions:
+        return record
+    times = time_interleaved(case.functions, rounds=config.rounds, min_time=config.min_time)
+    record["median_ms"] = {n: 1e3 * statistics.median(t) for n, t in times.items()}
+    record["ratios"] = []
+    for ratio in case.ratios:
+        if ratio.num not in times or ratio.den not in times:
+            continue
+        value = statistics.median(d / n for n, d in zip(times[ratio.num], times[ratio.den]))
+        met = None if ratio.target is None else (
+            value >= ratio.target if ratio.at_least else value <= ratio.target)
+        record["ratios"].append({"num": ratio.num, "den": ratio.den, "label": ratio.label,
+                                 "value": value, "target": ratio.target,
+                                 "at_least": ratio.at_least, "met": met})
+    return record
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; jax {m['jax']}, "
+             f"flax {m['flax']}, torch {m['torch'] or 'not installed'}; load average at start "
+             f"{m.get('load average')}. {results['config']['rounds']} interleaved rounds, "
+             "medians.", "",
+             "Ratios are time(right) / time(left): above 1, the left one is faster; "
+             "`copy / x` is x's time in units of one copy of the array.", "",
+             "| case | median ms | ratio | value | target | met |", "|---|---|---|---|---|---|"]
+    for rec in results["cases"]:
+        if "median_ms" not in rec:
+            continue
+        times = ", ".join(f"{n} {t:.2f}" for n, t in rec["median_ms"].items())
+        for i, r in enumerate(rec["ratios"]):
+            target = "" if r["target"] is None else ("≥ " if r["at_least"] else "≤ ") + \
+                f"{r['target']:g}"
+            if r["num"] == "copy":
+                label, value = f"{r['den']} in copies", f"{r['value']:.2f}"
+            else:
+                label, value = f"{r['num']} vs {r['den']}", f"{r['value']:.2f}x"
+            met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+            first = (rec["title"], times) if i == 0 else ("", "")
+            lines.append(f"| {first[0]} | {first[1]} | {label} | {value} | {target} | {met} |")
+    notes = sorted({f"{rec['name'].split()[0]}: {rec['note']}"
+                    for rec in results["cases"] if rec.get("note")})
+    lines += [""] + [f"- {n}" for n in notes]
+    mem = [rec for rec in results["cases"] if rec["values"]]
+    if mem:
+        lines += ["", "| compiled fwd+bwd temp memory | x | lnjax | flax |", "|---|---|---|---|"]
+        for rec in mem:
+            v = rec["values"]
+            lines.append(f"| {rec['title']} | {v['x MiB']:.1f} MiB | "
+                         f"{v['lnjax temp MiB']:.1f} MiB | {v['flax temp MiB']:.1f} MiB |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: pathlib.Path) -> None:
+    """A horizontal bar chart of every ratio, with its target marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for rec in results["cases"]:
+        for r in rec.get("ratios", []):
+            if r["num"] == "copy":
+                rows.append((f"{rec['title']}: {r['den']} in copies", r["value"],
+                             r["target"], False, r["met"]))
+            else:
+                rows.append((f"{rec['title']}: {r['num']} vs {r['den']}", r["value"],
+                             r["target"], r["at_least"], r["met"]))
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.2))
+    ys = np.arange(len(rows))[::-1]
+    colors = ["tab:gray" if met is None else ("tab:green" if met else "tab:red")
+              for *_, met in rows]
+    ax.barh(ys, [r[1] for r in rows], color=colors)
+    for y, (_, _, target, _, _) in zip(ys, rows):
+        if target is not None:
+            ax.plot([target, target], [y - 0.4, y + 0.4], color="black", lw=2)
+    ax.axvline(1.0, color="gray", lw=0.8, ls=":")
+    ax.set_yticks(ys, [r[0] for r in rows], fontsize=7)
+    ax.set_xlabel("speed-up (x faster) or time in copies; black ticks: targets")
+    ax.set_title(f"lnjax benchmarks ({results['machine']['cpu']}, "
+                 f"{results['machine']['cores']} cores)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAULT_OUT,
+        cases: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Runs the chosen cases, writes the three result files, returns the results."""
+    config = Config(**{**(QUICK if quick else {}), **(TINY if shapes == "tiny" else {})})
+    names = list(CASES) if cases is None else cases
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise ValueError(f"unknown case(s) {unknown}; known: {sorted(CASES)}")
+    results: dict[str, Any] = {"machine": machine(), "config": dataclasses.asdict(config),
+                               "quick": quick, "shapes": shapes, "cases": []}
+    try:
+        from tqdm import tqdm
+        bar = tqdm(names, desc="benchmarks", disable=not progress)
+    except ImportError:  # pragma: no cover
+        bar = names
+    for name in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(name)
+        for case in CASES[name](config):
+            results["cases"].append(run_case(case, config))
+    results["machine"]["load average at end"] = (
+        [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "results.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    parser.add_argument("--shapes", choices=("full", "tiny"), default="full")
+    parser.add_argument("--cases", default=None,
+                        help=f"comma-separated subset of {','.join(CASES)}")
+    args = parser.parse_args(argv)
+    results = run(quick=args.quick, shapes=args.shapes, out=args.out,
+                  cases=None if args.cases is None else args.cases.split(","))
+    print(markdown(results))
+    print(f"wrote {args.out}/results.json, results.md, results.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The fused layer norm / RMS norm path (a custom_jvp with the analytic derivative).
+
+layer_norm, rms_norm and the LayerNorm/RMSNorm modules take the fused path
+when the normalized axes are the trailing axes, with no mask and no
+cross-device axis. These tests hold it against the float64 references, the
+generic path, and JAX's transformations in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import lnjax
+from lnjax import linen as lnn
+from lnjax import normalization as N
+from tests import reference as ref
+
+
+def _ln(x, scale=None, bias=None, **kw):
+    return lnjax.layer_norm(x, scale, bias, **kw)
+
+
+def _rms(x, scale=None, bias=None, **kw):
+    del bias
+    return lnjax.rms_norm(x, scale, **kw)
+
+
+NORMS = {"layer_norm": (_ln, ref.layer_norm), "rms_norm": (_rms, ref.rms_norm)}
+
+
+def _generic(fn, x, *args, **kw):
+    """The same normalization through the generic path (a mask that selects everything)."""
+    return fn(x, *args, mask=jnp.ones(jnp.shape(x), bool), **kw)
+
+
+def _uses_fused_path(fn, *args) -> bool:
+    return "custom_jvp_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def _data(shape, offset=0.0, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = (offset + rng.standard_normal(shape)).astype(dtype)
+    scale = (1 + 0.3 * rng.standard_normal(shape[-1])).astype(dtype)
+    bias = rng.standard_normal(shape[-1]).astype(dtype)
+    return x, scale, bias
+
+
+# ------------------------------------------------------- which path is taken
+
+
+def test_fused_path_taken_only_where_it_applies():
+    x = jnp.ones((3, 4, 5))
+    assert _uses_fused_path(lambda v: lnjax.layer_norm(v), x)
+    assert _uses_fused_path(lambda v: lnjax.layer_norm(v, axis=(-2, -1)), x)
+    assert _uses_fused_path(lambda v: lnjax.rms_norm(v, axis=(1, 2)), x)
+    assert _uses_fused_path(lambda v: lnn.LayerNorm().apply(
+        {"params": {"scale": jnp.ones(5), "bias": jnp.zeros(5)}}, v), x)
+    assert not _uses_fused_path(lambda v: lnjax.layer_norm(v, axis=0), x)
+    assert not _uses_fused_path(lambda v: lnjax.layer_norm(v, axis=(0, 2)), x)
+    assert not _uses_fused_path(lambda v: lnjax.layer_norm(v, mask=v > 0), x)
+    assert not _uses_fused_path(lambda v: lnjax.instance_norm(v), x)
+
+
+# ------------------------------------------------------- values and gradients
+
+
+@pytest.mark.parametrize("name, params, axis", [
+    ("layer_norm", "both", -1), ("layer_norm", "scale", (-2, -1)),
+    ("layer_norm", "none", -1), ("rms_norm", "scale", -1), ("rms_norm", "none", (-2, -1))])
+def test_matches_reference_and_generic_path(name, params, axis):
+    fn, reference = NORMS[name]
+    x, scale, bias = _data((2, 3, 8), offset=3.0)  # (8,) scale/bias broadcast to (3, 8)
+    args = {"none": (), "scale": (scale,), "both": (scale, bias)}[params]
+    kw = {"axis": axis, "epsilon": 1e-5}
+    y = jax.jit(lambda v, *a: fn(v, *a, **kw))(x, *args)
+    ref_args = args if name == "layer_norm" or params == "none" else args[:1]
+    np.testing.assert_allclose(y, reference(x, *ref_args, **kw), rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(y, _generic(fn, x, *args, **kw), rtol=2e-6, atol=2e-6)
+
+    def loss(path):
+        def f(v, *a):
+            out = path(v, *a)
+            return jnp.sum(jnp.sin(3 * out) * jnp.arange(out.size).reshape(out.shape))
+        return f
+
+    argnums = tuple(range(1 + len(args)))
+    g_fused = jax.jit(jax.grad(loss(lambda v, *a: fn(v, *a, **kw)), argnums))(x, *args)
+    g_generic = jax.jit(jax.grad(loss(lambda v, *a: _generic(fn, v, *a, **kw)),
+                                 argnums))(x, *args)
+    for a, b in zip(g_fused, g_generic):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_check_grads_second_order_float64(name):
+    """check_grads to order 2, forward and reverse mode, in float64."""
+    fn, _ = NORMS[name]
+    with jax.enable_x64(True):
+        x, scale, bias = _data((3, 5), offset=2.0, dtype=np.float64)
+        check_grads(jax.jit(lambda v, s, b: fn(v, s, b, epsilon=1e-3)), (x, scale, bias),
+                    order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+def _ln_vjp_reference(x, scale, dy, epsilon):
+    """Float64 gradients of sum(dy * LN(x; scale, bias)) for x, scale and bias."""
+    x, scale, dy = (np.asarray(a, np.float64) for a in (x, scale, dy))
+    xhat = ref.layer_norm(x, epsilon=epsilon)
+    r = 1 / np.sqrt(x.var(-1, keepdims=True) + epsilon)
+    g = dy * scale
+    dx = r * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    return dx, (dy * xhat).sum(0), dy.sum(0)
+
+
+@pytest.mark.parametrize("shape", [(16, 512), (128, 1024)], ids=["small", "large"])
+def test_gradients_exact_far_from_zero(shape):
+    """f32 rows at 1e6 standard deviations from zero: values and all three gradients.
+
+    Both sizes: small arrays and large ones (from ``_SPLIT_USES_FROM``
+    elements) take differently arranged kernels.
+    """
+    assert (shape[0] * shape[1] >= N._SPLIT_USES_FROM) == (shape[0] == 128)
+    x, scale, bias = _data(shape, offset=1e6, seed=3)
+    dy = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    y, vjp = jax.vjp(lambda v, s, b: lnjax.layer_norm(v, s, b), x, scale, bias)
+    np.testing.assert_allclose(y, ref.layer_norm(x, scale, bias), rtol=0, atol=1e-5)
+    for got, expect in zip(vjp(dy), _ln_vjp_reference(x, scale, dy, 1e-6)):
+        err = np.max(np.abs(np.asarray(got, np.float64) - expect))
+        assert err <= 2e-5 * max(1.0, np.max(np.abs(expect))), err
+
+
+def test_rms_norm_gradient_matches_float64():
+    x, scale, _ = _data((8, 64), offset=0.5, seed=5)
+    dy = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
+    _, vjp = jax.vjp(lambda v, s: lnjax.rms_norm(v, s), x, scale)
+    dx, dscale = vjp(dy)
+    xd, sd, dyd = (a.astype(np.float64) for a in (x, scale, dy))
+    r = 1 / np.sqrt((xd * xd).mean(-1, keepdims=True) + 1e-6)
+    xhat, g = xd * r, dyd * sd
+    np.testing.assert_allclose(dx, r * (g - xhat * (g * xhat).mean(-1, keepdims=True)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dscale, (dyd * xhat).sum(0), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------- forward mode and composition
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_jacfwd_equals_jacrev_and_hessian_is_symmetric(name):
+    fn, _ = NORMS[name]
+    with jax.enable_x64(True):
+        x, scale, bias = _data((2, 6), offset=1.0, seed=7, dtype=np.float64)
+        f = lambda v: fn(v, scale, bias, epsilon=1e-3)  # noqa: E731
+        np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(x), jax.jit(jax.jacrev(f))(x),
+                                   rtol=1e-12, atol=1e-12)
+        loss = lambda v: jnp.sum(jnp.tanh(f(v)) ** 3)  # noqa: E731
+        hess = jax.jit(jax.hessian(loss))(x)
+        np.testing.assert_allclose(hess, jnp.transpose(hess, (2, 3, 0, 1)), atol=1e-10)
+        generic = jax.jit(jax.hessian(lambda v: jnp.sum(jnp.tanh(_generic(
+            fn, v, scale, bias, epsilon=1e-3)) ** 3)))(x)
+        np.testing.assert_allclose(hess, generic, rtol=1e-9, atol=1e-9)
+
+
+def test_jvp_of_scale_and_bias_alone():
+    """Forward mode with a tangent on the parameters only (x's tangent is zero)."""
+    x, scale, bias = _data((4, 8), offset=2.0)
+    ts, tb = np.ones_like(scale), np.full_like(bias, 0.5)
+    _, ty = jax.jvp(lambda s, b: lnjax.layer_norm(x, s, b), (scale, bias), (ts, tb))
+    np.testing.assert_allclose(ty, ref.layer_norm(x) * ts + tb, rtol=2e-5, atol=2e-5)
+
+
+def test_vmap_of_fused_path():
+    x, scale, bias = _data((5, 3, 16), offset=4.0)
+    f = lambda v: lnjax.layer_norm(v, scale, bias)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.vmap(f))(x), f(x), rtol=1e-6, atol=1e-6)
+    grad = jax.grad(lambda v: jnp.sum(f(v) ** 3))
+    np.testing.assert_allclose(jax.jit(jax.vmap(grad))(x), jax.jit(grad)(x), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_reverse_mode_saves_only_x_and_per_row_numbers():
+    """The residuals of jax.vjp: x itself, the scale, and three numbers per row."""
+    rows, width = 24, 40
+    x, scale, bias = _data((rows, width), offset=1.0)
+    _, vjp = jax.vjp(lambda v, s, b: lnjax.layer_norm(v, s, b), x, scale, bias)
+    sizes = sorted(leaf.size for leaf in jax.tree_util.tree_leaves(vjp) if hasattr(leaf, "size"))
+    assert sizes.count(rows * width) == 1, sizes
+    assert all(s <= max(rows, width) for s in sizes if s != rows * width), sizes
+    assert sum(s == rows for s in sizes) <= 3, sizes
+
+
+# ------------------------------------------------------- dtypes and robustness
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_half_precision_statistics_in_f32(dtype):
+    x32, scale, bias = _data((4, 256), offset=100.0, seed=8)
+    x = jnp.asarray(x32, dtype)
+    y = jax.jit(lnjax.layer_norm)(x, scale, bias)
+    assert y.dtype == dtype
+    expect = ref.layer_norm(np.asarray(x, np.float64), scale, bias)
+    ulp = float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(np.asarray(y, np.float64), expect, rtol=ulp,
+                               atol=ulp * np.abs(expect).max())
+    dx, ds, db = jax.grad(lambda v, s, b: jnp.sum(lnjax.layer_norm(v, s, b).astype(
+        jnp.float32) ** 2), (0, 1, 2))(x, scale, bias)
+    assert dx.dtype == dtype and ds.dtype == jnp.float32 and db.dtype == jnp.float32
+    assert np.isfinite(np.asarray(dx, np.float32)).all()
+
+
+def test_nan_row_stays_in_its_row_through_the_gradient():
+    x, scale, bias = _data((5, 32), seed=9)
+    x[2, 7] = np.nan
+    y, vjp = jax.vjp(lambda v: lnjax.layer_norm(v, scale, bias), x)
+    (dx,) = vjp(np.ones_like(x))
+    clean = np.delete(np.arange(5), 2)
+    assert np.isnan(np.asarray(y)[2]).all() and np.isfinite(np.asarray(y)[clean]).all()
+    assert np.isfinite(np.asarray(dx)[clean]).all()
+
+
+def test_outlier_leading_element_keeps_exactness():
+    """A shift taken from one element would lose precision here; the rough mean does not."""
+    x = np.zeros((4, 4096), np.float32)
+    x[:, 0] = 1e4
+    x += np.random.default_rng(10).standard_normal(x.shape).astype(np.float32) * 1e-2 + 1e5
+    expect = ref.layer_norm(x)
+    err = np.max(np.abs(np.asarray(jax.jit(lnjax.layer_norm)(x), np.float64) - expect))
+    assert err < 2e-6 * np.max(np.abs(expect)), err
+
+
+def test_fused_path_reports_shape_errors_by_name():
+    with pytest.raises(ValueError, match="scale of shape"):
+        lnjax.layer_norm(jnp.ones((2, 4)), jnp.ones(3))
+    with pytest.raises(ValueError, match="bias of shape"):
+        lnjax.layer_norm(jnp.ones((2, 4)), None, jnp.ones((2, 4)))
+
+
+def test_fused_applies_predicate():
+    x = jnp.ones((2, 3))
+    assert N._fused_applies(x, (1,), (1,), epsilon=1e-6, mask=None, fast_variance=False,
+                            axis_name=None)
+    assert not N._fused_applies(x, (1,), (1,), epsilon=jnp.float32(1e-6), mask=None,
+                                fast_variance=False, axis_name=None)
+    assert not N._fused_applies(x, (1,), (1,), epsilon=1e-6, mask=None, fast_variance=True,
+                                axis_name=None)
+    assert not N._fused_applies(x, (1,), (1,), epsilon=1e-6, mask=None, fast_variance=False,
+                                axis_name="batch")
+
+
+# ------------------------------------------------------- the benchmark script
+
+
+def test_benchmark_quick(tmp_path):
+    """``python -m benchmarks.run --quick --shapes tiny`` writes its three files."""
+    from benchmarks import run as bench
+
+    results = bench.run(quick=True, shapes="tiny", out=tmp_path, cases=["ln_fb"], progress=False)
+    for name in ("results.json", "results.md", "results.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["quick"] is True
+    timed = [c for c in results["cases"] if "median_ms" in c]
+    assert timed and all({"lnjax", "flax", "copy"} <= set(c["median_ms"]) for c in timed)
+    assert all(r["value"] > 0 for c in timed for r in c["ratios"])
+    assert "| case |" in (tmp_path / "results.md").read_text()
