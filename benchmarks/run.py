@@ -187,12 +187,21 @@ def _norm_inputs(shape, seed):
     return x, scale, bias, dy
 
 
-def _forward_backward(module: nn.Module, params: dict) -> Callable:
-    """``(x, dy) -> (y, dx, dparams)``: one forward and one backward pass, jitted."""
-    def run(x, dy, params):
-        y, vjp = jax.vjp(lambda x, p: module.apply({"params": p}, x), x, params)
-        return (y,) + vjp(dy)
-    return jax.jit(run)
+_COMPILED: dict[tuple, Any] = {}  # (kind, shape, library) -> compiled fwd+bwd, shared by cases
+
+
+def _compiled_forward_backward(kind: str, library: str, x, dy, params):
+    """``(x, dy, params) -> (y, dx, dparams)`` compiled once per kind, shape and library."""
+    key = (kind, x.shape, library)
+    if key not in _COMPILED:
+        ours, theirs, _ = _norm_modules(kind)
+        module = ours if library == "lnjax" else theirs
+
+        def run(x, dy, params):
+            y, vjp = jax.vjp(lambda x, p: module.apply({"params": p}, x), x, params)
+            return (y,) + vjp(dy)
+        _COMPILED[key] = jax.jit(run).lower(x, dy, params).compile()
+    return _COMPILED[key]
 
 
 def _torch_forward_backward(layer, x, dy):
@@ -230,14 +239,15 @@ def _norm_fb_cases(config: Config, kind: str) -> list[Case]:
     cases = []
     for shape in config.norm_shapes:
         x, scale, bias, dy = _norm_inputs(shape, config.seed)
-        ours, theirs, names = _norm_modules(kind)
+        names = _norm_modules(kind)[2]
         params = dict(zip(names, (jnp.asarray(scale), jnp.asarray(bias))))
         xj, dyj = jnp.asarray(x), jnp.asarray(dy)
         case = Case(f"{kind}_fb {shape[0]}x{shape[1]}",
                     f"{title} fwd+bwd {shape[0]}x{shape[1]}")
         case.functions["copy"] = copy_of(xj)
-        case.functions["lnjax"] = jax_call(_forward_backward(ours, params), xj, dyj, params)
-        case.functions["flax"] = jax_call(_forward_backward(theirs, params), xj, dyj, params)
+        for library in ("lnjax", "flax"):
+            compiled = _compiled_forward_backward(kind, library, xj, dyj, params)
+            case.functions[library] = jax_call(compiled, xj, dyj, params)
         layer = _torch_norm(kind, shape[1], scale, bias)
         if layer is not None:
             case.functions["torch"] = _torch_forward_backward(layer, x, dy)
@@ -295,15 +305,15 @@ def ln_memory(config: Config) -> list[Case]:
     for kind in ("ln", "rms"):
         for shape in config.norm_shapes:
             x, scale, bias, dy = _norm_inputs(shape, config.seed)
-            ours, theirs, names = _norm_modules(kind)
+            names = _norm_modules(kind)[2]
             params = dict(zip(names, (jnp.asarray(scale), jnp.asarray(bias))))
             args = (jnp.asarray(x), jnp.asarray(dy), params)
             case = Case(f"{kind}_memory {shape[0]}x{shape[1]}",
                         f"{'LayerNorm' if kind == 'ln' else 'RMSNorm'} {shape[0]}x{shape[1]}")
-            for name, module in (("lnjax", ours), ("flax", theirs)):
-                compiled = _forward_backward(module, params).lower(*args).compile()
+            for library in ("lnjax", "flax"):
+                compiled = _compiled_forward_backward(kind, library, *args)
                 temp = compiled.memory_analysis().temp_size_in_bytes
-                case.values[f"{name} temp MiB"] = temp / 2**20
+                case.values[f"{library} temp MiB"] = temp / 2**20
             case.values["x MiB"] = x.nbytes / 2**20
             cases.append(case)
     return cases
@@ -342,7 +352,7 @@ class FlaxLNLSTMCell(nn.RNNCellBase):
 
 
 def _flax_lstm_grad(model: nn.Module, xs: jax.Array) -> Callable[[], Any]:
-    params = model.init(jax.random.key(0), xs)
+    params = jax.jit(model.init)(jax.random.key(0), xs)  # one compile, not op by op
 
     def loss(params, xs):
         return jnp.sum(model.apply(params, xs) ** 2)
