@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -139,6 +140,29 @@ def config_key(config: Mapping[str, Any]) -> str:
     """A short hash of a run's configuration (checkpoints of other settings are not reused)."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def fit_run(state: Any, splits: Mapping[str, Any], config: Mapping[str, Any], *, epochs: int,
+            out: str, resume: bool, progress: bool, desc: str, mesh: Any = None) -> dict:
+    """Trains ``state`` on ``splits["train"]``, evaluating validation and test after each epoch.
+
+    Checkpoints go to ``OUT/checkpoints/<method>-bs<batch size>-<hash of config>``,
+    so a rerun with the same settings resumes (unless ``resume=False``) and
+    other settings never reuse them. Returns the history of :func:`training.fit`.
+    """
+    from lnjax import training
+
+    train, val, test = splits["train"], splits["validation"], splits["test"]
+    name = f"{config['method']}-bs{config['batch_size']}-{config_key(config)}"
+    ckpt = os.path.join(out, "checkpoints", name)
+    if not resume and os.path.isdir(ckpt):
+        shutil.rmtree(ckpt)
+    _, history = training.fit(
+        state, (train.images, train.labels), epochs=epochs, batch_size=config["batch_size"],
+        seed=config["seed"],
+        evals={"validation": (val.images, val.labels), "test": (test.images, test.labels)},
+        checkpoint_dir=ckpt, progress=progress, desc=desc, mesh=mesh)
+    return history
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:

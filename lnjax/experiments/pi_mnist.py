@@ -106,21 +106,13 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
     sync = mesh is not None and mesh.devices.size > 1 and not per_device_bn
     model = MLP(method=method, hidden=tuple(hidden), unbiased=batch_size <= 16,
                 axis_name=parallel.AXIS if sync else None)
-    train, val, test = splits["train"], splits["validation"], splits["test"]
+    train = splits["train"]
     state = training.create_train_state(model, optax.adam(lr), train.images[:1], seed=seed)
     config = {"method": method, "batch_size": batch_size, "lr": lr, "seed": seed,
               "hidden": list(hidden), "dataset": train.name, "n_train": len(train.labels)}
-    ckpt = os.path.join(out, "checkpoints", f"{method}-bs{batch_size}-{common.config_key(config)}")
-    if not resume and os.path.isdir(ckpt):
-        import shutil
-
-        shutil.rmtree(ckpt)
-    _, history = training.fit(
-        state, (train.images, train.labels), epochs=epochs, batch_size=batch_size, seed=seed,
-        evals={"validation": (val.images, val.labels), "test": (test.images, test.labels)},
-        checkpoint_dir=ckpt, progress=progress, desc=f"{LABELS[method]:>9} bs={batch_size:<3}",
-        mesh=mesh)
-    return history
+    return common.fit_run(state, splits, config, epochs=epochs, out=out, resume=resume,
+                          progress=progress, desc=f"{LABELS[method]:>9} bs={batch_size:<3}",
+                          mesh=mesh)
 
 
 def plot(results: dict, path: str) -> None:

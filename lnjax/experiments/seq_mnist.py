@@ -80,23 +80,16 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
         mesh: Any = None) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`)."""
     model = RowClassifier(method=method, hidden=hidden)
-    train, val, test = (standardize(splits[k], splits["train"])
-                        for k in ("train", "validation", "test"))
+    splits = {k: standardize(splits[k], splits["train"])
+              for k in ("train", "validation", "test")}
+    train = splits["train"]
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
     state = training.create_train_state(model, tx, train.images[:1], seed=seed)
     config = {"method": method, "batch_size": batch_size, "lr": lr, "seed": seed,
               "hidden": hidden, "dataset": train.name, "n_train": len(train.labels)}
-    ckpt = os.path.join(out, "checkpoints", f"{method}-bs{batch_size}-{common.config_key(config)}")
-    if not resume and os.path.isdir(ckpt):
-        import shutil
-
-        shutil.rmtree(ckpt)
-    _, history = training.fit(
-        state, (train.images, train.labels), epochs=epochs, batch_size=batch_size, seed=seed,
-        evals={"validation": (val.images, val.labels), "test": (test.images, test.labels)},
-        checkpoint_dir=ckpt, progress=progress, desc=f"{LABELS[method]:>7} bs={batch_size:<3}",
-        mesh=mesh)
-    return history
+    return common.fit_run(state, splits, config, epochs=epochs, out=out, resume=resume,
+                          progress=progress, desc=f"{LABELS[method]:>7} bs={batch_size:<3}",
+                          mesh=mesh)
 
 
 def plot(results: dict, path: str) -> None:
