@@ -53,6 +53,7 @@ __all__ = [
     "batches",
     "describe",
     "load",
+    "load_splits",
 ]
 
 NAMES = ("mnist", "fashion_mnist", "kmnist")
@@ -62,6 +63,7 @@ SPLITS = ("train", "validation", "test", "train_full")
 """The splits :func:`load` knows."""
 
 _SOURCES = ("auto", "tfds", "idx")
+_AUTO_NAMES = ("mnist", "fashion_mnist")  # what load_splits(dataset="auto") tries, in order
 _VALIDATION_SIZE = 5_000  # the last examples of the training file
 _IMAGE_SHAPE = (28, 28)
 _NUM_CLASSES = 10
@@ -418,6 +420,63 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
         if ds is not None:
             return ds
     raise DataNotFoundError(_not_found_message(name, split, source, tried))
+
+
+def load_splits(dataset: str = "auto", *, data_dir: str | os.PathLike | None = None,
+                train_examples: int | None = None) -> tuple[dict[str, Dataset], dict[str, Any]]:
+    """The train, validation and test splits of one data set, and a record of their source.
+
+    ``dataset="auto"`` takes the first of ``mnist`` and ``fashion_mnist`` that
+    :func:`load` finds (all three splits from the same one), which is what the
+    experiments and notebooks do when no data set is named.
+
+    Args:
+      dataset: ``"auto"`` or one of :data:`NAMES`.
+      data_dir: passed to :func:`load`.
+      train_examples: keep only the first ``train_examples`` of the ``"train"``
+        split (``None``: all of it); validation and test are never cut.
+
+    Returns:
+      ``(splits, info)``: ``splits`` maps ``"train"``, ``"validation"`` and
+      ``"test"`` to a :class:`Dataset`; ``info`` is ``{"name": ..., "source":
+      ..., "sizes": {split: number of examples}}``, ready for a results file.
+
+    Raises:
+      DataNotFoundError: no candidate was found; with ``"auto"`` the message
+        holds every candidate's own message.
+      ValueError: an unknown ``dataset`` or a ``train_examples`` below 1.
+
+    Example (``tests/test_data.py`` runs it on small IDX files)::
+
+      splits, info = load_splits(data_dir="/data")
+      info  # {'name': 'mnist', 'source': 'idx:/data/mnist',
+            #  'sizes': {'train': 55000, 'validation': 5000, 'test': 10000}}
+    """
+    _check_choice(dataset, ("auto", *NAMES), fn="load_splits", name="dataset")
+    if train_examples is not None:
+        train_examples = _check_int(train_examples, fn="load_splits", name="train_examples",
+                                    minimum=1)
+    names = _AUTO_NAMES if dataset == "auto" else (dataset,)
+    errors: list[FileNotFoundError] = []
+    for name in names:
+        try:
+            splits = {s: load(name, s, data_dir=data_dir)
+                      for s in ("train", "validation", "test")}
+            break
+        except FileNotFoundError as e:
+            errors.append(e)
+    else:
+        if len(errors) == 1:
+            raise errors[0]
+        raise DataNotFoundError("No data set found. " + "\n\n".join(str(e) for e in errors))
+    if train_examples is not None:
+        tr = splits["train"]
+        splits["train"] = tr._replace(images=tr.images[:train_examples],
+                                      labels=tr.labels[:train_examples])
+    first = splits["train"]
+    info = {"name": first.name, "source": first.source,
+            "sizes": {k: len(v.labels) for k, v in splits.items()}}
+    return splits, info
 
 
 def describe(ds: Dataset) -> str:

@@ -10,29 +10,12 @@ import numpy as np
 import pytest
 
 from lnjax import data
+from tests.helpers import idx_bytes, write
 
 N_TRAIN, N_TEST = 12, 5
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-# --------------------------------------------------------------------------
-# Helpers: small IDX files with known values.
-# --------------------------------------------------------------------------
-
-
-def idx_bytes(array, magic):
-    array = np.asarray(array, np.uint8)
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.tobytes()
-
-
-def write(path, payload, gz):
-    path = Path(str(path) + ".gz") if gz else Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(payload) if gz else payload)
-    return path
 
 
 def fake_images(n, offset):
@@ -212,6 +195,55 @@ def test_load_splits_partition_the_training_file(tmp_path, isolated, monkeypatch
     np.testing.assert_array_equal(train.labels, TRAIN_Y[:-4])
     np.testing.assert_array_equal(val.labels, TRAIN_Y[-4:])
     np.testing.assert_array_equal(val.images * 255, TRAIN_X[-4:])
+
+
+def test_load_splits_auto_takes_mnist_first(tmp_path, isolated, monkeypatch):
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    write_idx_folder(tmp_path / "d" / "mnist")
+    fashion = tmp_path / "d" / "fashion_mnist"
+    write(fashion / TEST_FILES[0], idx_bytes(TEST_X[:2], 2051), gz=False)
+    write(fashion / TEST_FILES[1], idx_bytes(TEST_Y[:2], 2049), gz=False)
+    splits, info = data.load_splits(data_dir=tmp_path / "d")
+    assert set(splits) == {"train", "validation", "test"}
+    assert info == {"name": "mnist", "source": f"idx:{tmp_path / 'd' / 'mnist'}",
+                    "sizes": {"train": N_TRAIN - 4, "validation": 4, "test": N_TEST}}
+    assert [ds.split for ds in splits.values()] == ["train", "validation", "test"]
+    np.testing.assert_array_equal(splits["train"].labels, TRAIN_Y[:-4])
+    np.testing.assert_array_equal(splits["validation"].labels, TRAIN_Y[-4:])
+    np.testing.assert_array_equal(splits["test"].images * 255, TEST_X)
+
+
+def test_load_splits_auto_falls_back_to_fashion_mnist(tmp_path, isolated, monkeypatch, no_tfds):
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    write_idx_folder(tmp_path / "d" / "fashion-mnist")
+    splits, info = data.load_splits("auto", data_dir=tmp_path / "d", train_examples=3)
+    assert info["name"] == "fashion_mnist"
+    assert info["sizes"] == {"train": 3, "validation": 4, "test": N_TEST}
+    assert all(ds.name == "fashion_mnist" for ds in splits.values())
+    np.testing.assert_array_equal(splits["train"].labels, TRAIN_Y[:3])
+    np.testing.assert_array_equal(splits["train"].images * 255, TRAIN_X[:3])
+    # A named data set is the only one tried.
+    with pytest.raises(data.DataNotFoundError, match="'mnist'") as e:
+        data.load_splits("mnist", data_dir=tmp_path / "d")
+    assert "for 'fashion_mnist'" not in str(e.value)
+    assert "No data set found" not in str(e.value)
+
+
+def test_load_splits_nothing_found_lists_every_candidate(tmp_path, isolated, no_tfds):
+    with pytest.raises(data.DataNotFoundError, match="No data set found") as e:
+        data.load_splits(data_dir=tmp_path / "empty")
+    assert "for 'mnist'" in str(e.value) and "for 'fashion_mnist'" in str(e.value)
+    assert "kmnist" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    ({"dataset": "cifar10"}, ValueError, "unknown dataset"),
+    ({"dataset": None}, TypeError, "dataset must be a string"),
+    ({"train_examples": 0}, ValueError, "train_examples must be >= 1"),
+])
+def test_load_splits_bad_arguments(tmp_path, isolated, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        data.load_splits(data_dir=tmp_path, **kwargs)
 
 
 def test_load_train_split_of_a_small_file_is_an_error(tmp_path, isolated):
