@@ -43,9 +43,9 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.scaling --out benchmarks/results
 	$(PY) -m benchmarks.training_loop
 
-## lint: ruff over the package, tests and benchmarks.
+## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py).
 lint: $(VENV)/.installed-dev
-	$(PY) -m ruff check lnjax tests benchmarks colabs/_build.py
+	$(PY) -m ruff check lnjax tests benchmarks colabs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

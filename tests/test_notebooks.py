@@ -1,12 +1,27 @@
-"""The teaching notebooks in colabs/: stored without outputs and as colabs/_build.py
-writes them, and each runs end to end in a Jupyter kernel and draws a figure.
+"""The teaching notebooks in colabs/: each ``colabs/0N_name.ipynb`` is paired with a
+jupytext percent-format source ``colabs/0N_name.py``; the two hold the same cells, the
+notebook is stored without outputs, and each runs end to end in a Jupyter kernel and
+draws a figure.
 
-The runs use small generated MNIST-format IDX files: the notebooks read
-``LNJAX_NOTEBOOK_DATA_DIR`` (passed to ``lnjax.data.load`` as ``data_dir``) and
-switch to a tiny configuration when it is set.
+How to edit a notebook: edit the ``.py`` (plain Python, linted by ``make lint``; a
+``# %%`` line starts a code cell, ``# %% [markdown]`` a Markdown cell, and magics such
+as ``%pip`` are written commented out), then write its cells into the notebook::
+
+    .venv/bin/jupytext --sync colabs/0N_name.py
+    .venv/bin/python -m pytest -q tests/test_notebooks.py
+
+(In Jupyter with jupytext installed, saving the paired notebook updates the ``.py``
+too.) Store the notebook without outputs: if it was run, ``jupytext --to ipynb
+colabs/0N_name.py`` rewrites it from the ``.py`` alone. A new notebook needs the same
+header as the others (``formats: ipynb,py:percent``) and an entry in ``NOTEBOOKS``.
+
+The runs use small generated MNIST-format IDX files and tiny sizes. The notebooks know
+nothing of this: each has one cell tagged ``parameters`` (papermill's convention) with
+the settings a reader changes, and the test inserts a cell tagged
+``injected-parameters`` right after it that overrides some of them (``TINY`` below).
 """
 
-import importlib.util
+import ast
 import os
 import sys
 import time
@@ -18,25 +33,97 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 ipykernel_spec = pytest.importorskip("ipykernel.kernelspec")
+jupytext = pytest.importorskip("jupytext")
 
-from tests.test_data import idx_bytes, write  # noqa: E402
+from tests.helpers import idx_bytes, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLABS = ROOT / "colabs"
 NOTEBOOKS = ("01_layer_norm.ipynb", "02_permutation_invariant_mnist.ipynb", "03_ln_lstm.ipynb",
              "04_benchmarks.ipynb")
+PAIRING = "ipynb,py:percent"
 NOTEBOOK_SECONDS = 180  # each notebook, kernel start included
 KERNEL = "lnjax-notebook-test"
 N_TRAIN = 5_200  # "train" is all but the last 5,000 of the training file
 N_TEST = 200
+DATA_DIR = "<the generated IDX folder>"  # replaced by the fixture's folder
+# What each run overrides in the notebook's parameters cell: tiny sizes, seconds each.
+TINY = {
+    "01_layer_norm.ipynb": {},
+    "02_permutation_invariant_mnist.ipynb": {
+        "DATA_DIR": DATA_DIR, "N_TRAIN": 200, "HIDDEN": (32, 32), "EPOCHS": 2},
+    "03_ln_lstm.ipynb": {
+        "DATA_DIR": DATA_DIR, "HIDDEN": 16, "BATCH": 16, "N_TRAIN": 80, "EPOCHS": 1,
+        "N_TEST": 100, "N_PROBE": 32},
+    "04_benchmarks.ipynb": {
+        "SHAPES": "tiny", "CASES": ["ln_fb", "rms_fb", "ln_fwd", "ln_memory"]},
+}
+# Words that belong to the tests, not to a notebook.
+TEST_WORDS = ("LNJAX_NOTEBOOK", "tests/", "pytest", "test_notebooks", "TINY",
+              "injected-parameters")
 
 
 def _read(name):
     return nbformat.read(COLABS / name, as_version=4)
 
 
+def _source_path(name):
+    return COLABS / Path(name).with_suffix(".py").name
+
+
+def _read_source(name):
+    return jupytext.read(_source_path(name))
+
+
+def _cells(nb):
+    """What pairing keeps equal: each cell's type, source and tags (not ids or outputs)."""
+    return [(c.cell_type, c.source, tuple(c.metadata.get("tags", ()))) for c in nb.cells]
+
+
+def _parameters_cells(nb):
+    return [c for c in nb.cells
+            if c.cell_type == "code" and "parameters" in c.metadata.get("tags", ())]
+
+
 def test_the_notebooks_are_all_there():
     assert sorted(p.name for p in COLABS.glob("*.ipynb")) == list(NOTEBOOKS)
+    # Each with its source, and no other Python file (no generator script).
+    assert sorted(p.name for p in COLABS.glob("*.py")) == [
+        _source_path(n).name for n in NOTEBOOKS]
+    assert set(TINY) == set(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_paired_with_a_percent_format_source(name):
+    nb, source = _read(name), _read_source(name)
+    assert nb.metadata.jupytext.formats == PAIRING
+    assert source.metadata["jupytext"]["formats"] == PAIRING
+    assert source.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
+    assert source.metadata["kernelspec"] == nb.metadata.kernelspec
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_and_source_hold_the_same_cells(name):
+    notebook, source = _cells(_read(name)), _cells(_read_source(name))
+    assert notebook == source, (
+        f"colabs/{name} and colabs/{_source_path(name).name} differ: edit the .py, then "
+        f"run `jupytext --sync colabs/{_source_path(name).name}`")
+
+
+@pytest.mark.parametrize("edit", ["code", "markdown", "tags"])
+def test_the_pairing_check_sees_an_edit_on_one_side(edit):
+    """An edit of the .py alone (a line of code, a word of Markdown, a tag) is a difference."""
+    name = NOTEBOOKS[1]
+    text = _source_path(name).read_text()
+    old, new = {
+        "code": ("BATCH_SIZES = (128, 4)\n", "BATCH_SIZES = (128, 8)\n"),
+        "markdown": ("# ## Training\n", "# ## Training the models\n"),
+        "tags": ('# %% tags=["parameters"]\n', "# %%\n"),
+    }[edit]
+    assert text.count(old) == 1
+    edited = jupytext.reads(text.replace(old, new), fmt="py:percent")
+    assert _cells(edited) != _cells(_read(name))
+    assert _cells(jupytext.reads(text, fmt="py:percent")) == _cells(_read(name))
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -56,28 +143,42 @@ def test_title_then_colab_install_cell(name):
     nb = _read(name)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert "arXiv:1607.06450" in nb.cells[0].source
-    install = next(c for c in nb.cells if c.cell_type == "code")
+    install = nb.cells[1]  # the first cell after the title
+    assert install.cell_type == "code"
     assert 'if "google.colab" in sys.modules:' in install.source
-    assert "pip install" in install.source
+    assert "%pip install" in install.source  # a magic in the notebook, commented in the .py
     assert "%matplotlib inline" in "".join(c.source for c in nb.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS[1:3])
+@pytest.mark.parametrize("name", NOTEBOOKS[1:])
 def test_one_flag_cell_for_the_full_size_run(name):
-    sources = [c.source.strip() for c in _read(name).cells if c.cell_type == "code"]
-    assert len([s for s in sources if s.startswith("FULL = False")]) == 1
+    nb = _read(name)
+    [parameters] = _parameters_cells(nb)
+    assert parameters.source.startswith("FULL = False")
+    sources = [c.source for c in nb.cells if c.cell_type == "code"]
     assert sum("FULL =" in s for s in sources) == 1
 
 
-def test_the_notebooks_are_what_the_build_script_writes(tmp_path):
-    spec = importlib.util.spec_from_file_location("colabs_build", COLABS / "_build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    written = build.build(tmp_path)
-    assert sorted(p.name for p in written) == list(NOTEBOOKS)
-    for path in written:
-        assert path.read_text() == (COLABS / path.name).read_text(), (
-            f"colabs/{path.name} is out of date: run `python colabs/_build.py`")
+def test_no_parameters_cell_where_nothing_is_set():
+    assert TINY[NOTEBOOKS[0]] == {}
+    assert _parameters_cells(_read(NOTEBOOKS[0])) == []
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_test_settings_stay_out_of_the_notebook(name):
+    nb = _read(name)
+    for cell in nb.cells:
+        for word in TEST_WORDS:
+            assert word not in cell.source, (word, cell.source[:60])
+        if cell.cell_type == "code":  # no settings from the environment
+            assert "environ" not in cell.source and "getenv" not in cell.source, cell.source[:60]
+    # What a run overrides are parameters the parameters cell assigns.
+    if TINY[name]:
+        [parameters] = _parameters_cells(nb)
+        assigned = {t.id for node in ast.walk(ast.parse(parameters.source))
+                    if isinstance(node, ast.Assign) for target in node.targets
+                    for t in ast.walk(target) if isinstance(t, ast.Name)}
+        assert set(TINY[name]) <= assigned, set(TINY[name]) - assigned
 
 
 # --------------------------------------------------------------------------
@@ -108,9 +209,8 @@ def kernel_dir(tmp_path_factory):
     return root
 
 
-def _kernel_env(data_dir):
+def _kernel_env():
     env = dict(os.environ)
-    env["LNJAX_NOTEBOOK_DATA_DIR"] = str(data_dir)
     # As a user's kernel: one CPU device (conftest.py asks for eight in this process) and
     # matplotlib's inline backend.
     flags = [f for f in env.get("XLA_FLAGS", "").split()
@@ -120,10 +220,24 @@ def _kernel_env(data_dir):
     return env
 
 
+def _inject(nb, settings):
+    """Inserts, right after the parameters cell, a cell that assigns ``settings``."""
+    if not settings:
+        return
+    [parameters] = _parameters_cells(nb)
+    source = "\n".join(f"{key} = {value!r}" for key, value in settings.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(nb.cells.index(parameters) + 1, cell)
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_and_draws(name, idx_folder, kernel_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
+    settings = {k: str(idx_folder) if v == DATA_DIR else v for k, v in TINY[name].items()}
     nb = _read(name)
+    _inject(nb, settings)
+    # At the end: the values the notebook ran with, and the kernel's Python.
+    nb.cells.append(nbformat.v4.new_code_cell(f"print(repr([{', '.join(settings)}]))"))
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
     deadline = time.monotonic() + NOTEBOOK_SECONDS
     client = nbclient.NotebookClient(
@@ -131,11 +245,12 @@ def test_notebook_runs_and_draws(name, idx_folder, kernel_dir, tmp_path, monkeyp
         timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
         resources={"metadata": {"path": str(tmp_path)}})  # the kernel's working directory
     start = time.monotonic()
-    client.execute(env=_kernel_env(idx_folder))  # raises on a cell's error or on timeout
+    client.execute(env=_kernel_env())  # raises on a cell's error or on timeout
     seconds = time.monotonic() - start
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
+    assert nb.cells[-2].outputs[0].text.strip() == repr(list(settings.values()))
     assert nb.cells[-1].outputs[0].text.strip() == sys.executable
     assert seconds < NOTEBOOK_SECONDS
     print(f"{name}: {seconds:.0f} s")
