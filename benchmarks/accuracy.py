@@ -8,20 +8,18 @@ same f32 inputs::
 
 Compared: lnjax, flax.linen.LayerNorm (its default ``E[x^2] - E[x]^2`` and
 its two-pass ``use_fast_variance=False``) and, when installed,
-torch.nn.functional.layer_norm.
+torch.nn.functional.layer_norm. Prints the table, and with ``--out DIR`` writes
+``accuracy.json`` and ``accuracy.md`` there (:mod:`benchmarks.report`).
 """
 
 from __future__ import annotations
-
-import argparse
-import json
-import pathlib
 
 import flax.linen as fnn
 import jax
 import numpy as np
 
 import lnjax
+from benchmarks import report
 
 OFFSETS = (0.0, 1e2, 1e3, 1e4, 1e5, 1e6)
 
@@ -69,28 +67,23 @@ def measure(rows: int = 64, width: int = 1024, seed: int = 0) -> dict:
 
 
 def markdown(results: dict) -> str:
+    """One row per offset, one column per implementation: the largest |error|."""
     names = list(next(iter(results.values())))
-    lines = ["| offset / std | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for offset, errs in results.items():
-        lines.append(f"| {offset:g} | " + " | ".join(f"{errs[n]:.1e}" for n in names) + " |")
-    return "\n".join(lines)
+    return report.table(["offset / std", *names],
+                        [[f"{offset:g}", *(f"{errs[n]:.1e}" for n in names)]
+                         for offset, errs in results.items()])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> dict:
+    parser = report.parser(__doc__, "accuracy")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     results = measure(args.rows, args.width)
-    table = markdown(results)
-    print(f"Largest |error| against float64, f32 rows of {args.width} values, std 1:\n")
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "accuracy.json").write_text(json.dumps(
-            {str(k): v for k, v in results.items()}, indent=2))
-        (args.out / "accuracy.md").write_text(table + "\n")
+    report.publish(args.out, "accuracy", {str(k): v for k, v in results.items()},
+                   markdown(results), heading=f"Largest |error| against float64, f32 rows of "
+                   f"{args.width} values, std 1:")
+    return results
 
 
 if __name__ == "__main__":

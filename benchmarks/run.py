@@ -4,10 +4,13 @@
 
     python -m benchmarks.run [--quick] [--out DIR] [--shapes {full,tiny}] [--cases NAME,...]
 
-Every case times its functions in one process, round-robin (one timing of
-each function per round, so a slow spell on a shared machine hits all of
-them alike), and reports the median over rounds of each time and of each
-ratio. The reference in each case is a jitted copy of an array of the case's
+Every case times its functions in one process with the benchmarks' one
+harness (:mod:`benchmarks.harness`: round-robin, one timing of each function
+per round, so a slow spell on a shared machine hits all of them alike) and
+reports the median over rounds of each time and of each ratio. A ratio
+``a / b`` (:class:`~benchmarks.harness.TimeRatio`) is time(a) / time(b):
+``flax / lnjax`` is lnjax's speed-up over flax, ``lnjax / copy`` lnjax's time
+in units of one copy. The reference in each case is a jitted copy of an array of the case's
 size (``copy``): a pass that reads and writes those bytes once, checked to
 produce a new buffer (XLA cannot elide it).
 
@@ -35,24 +38,19 @@ More cases register with :func:`register` (see ``CASES``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
 import pathlib
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import lnjax.linen as lnn
+from benchmarks import report
+from benchmarks.harness import TimeRatio, block, jax_call, measure
 
 try:  # PyTorch is compared when it is installed (the ``torch`` extra).
     import torch
@@ -84,32 +82,13 @@ TINY = dict(norm_shapes=((64, 128), (256, 32), (16, 512)), lstm=(5, 4, 8, 16))
 
 
 @dataclasses.dataclass
-class Ratio:
-    """``time[den] / time[num]``: how many times faster ``num`` is than ``den``.
-
-    With ``num="copy"`` it is ``den``'s time in units of one copy. ``target``
-    is the least acceptable value (``at_least``) or the largest (``not
-    at_least``); None when the ratio is reported without a target.
-    """
-
-    num: str
-    den: str
-    target: float | None = None
-    at_least: bool = True
-
-    @property
-    def label(self) -> str:
-        return f"{self.den} / {self.num}"
-
-
-@dataclasses.dataclass
 class Case:
     """One benchmark: timed functions (no arguments, blocking) and the ratios to report."""
 
     name: str
     title: str
     functions: dict[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
-    ratios: list[Ratio] = dataclasses.field(default_factory=list)
+    ratios: list[TimeRatio] = dataclasses.field(default_factory=list)
     values: dict[str, float] = dataclasses.field(default_factory=dict)  # untimed numbers
     note: str = ""
 
@@ -128,45 +107,14 @@ def register(name: str):
 
 
 # --------------------------------------------------------------------------
-# Timing.
+# The copy reference.
 # --------------------------------------------------------------------------
-
-
-def _block(out: Any) -> Any:
-    for leaf in jax.tree_util.tree_leaves(out):
-        if hasattr(leaf, "block_until_ready"):
-            leaf.block_until_ready()
-    return out
-
-
-def jax_call(fn: Callable, *args) -> Callable[[], Any]:
-    """A no-argument callable that runs ``fn(*args)`` and waits for the result."""
-    return lambda: _block(fn(*args))
-
-
-def time_interleaved(functions: dict[str, Callable[[], Any]], *, rounds: int,
-                     min_time: float) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``rounds`` times, round-robin."""
-    repeats = {}
-    for name, f in functions.items():
-        f()  # compile and warm up
-        start = time.perf_counter()
-        f()
-        repeats[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
-    times = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, f in functions.items():
-            start = time.perf_counter()
-            for _ in range(repeats[name]):
-                f()
-            times[name].append((time.perf_counter() - start) / repeats[name])
-    return times
 
 
 def copy_of(x: jax.Array) -> Callable[[], Any]:
     """A jitted copy of ``x``, checked to write a new buffer."""
     copy = jax.jit(jnp.copy)
-    y = _block(copy(x))
+    y = block(copy(x))
     if y.unsafe_buffer_pointer() == x.unsafe_buffer_pointer():
         raise RuntimeError("the copy baseline was elided by XLA")
     return jax_call(copy, x)
@@ -252,10 +200,10 @@ def _norm_fb_cases(config: Config, kind: str) -> list[Case]:
         if layer is not None:
             case.functions["torch"] = _torch_forward_backward(layer, x, dy)
         case.note = "copy: one jitted copy of x; fwd+bwd: y and the gradients for x, scale, bias"
-        case.ratios = [Ratio("lnjax", "flax", 3.0)]
+        case.ratios = [TimeRatio("flax", "lnjax", 3.0)]
         if layer is not None:
-            case.ratios.append(Ratio("lnjax", "torch", 1.0))
-        case.ratios.append(Ratio("copy", "lnjax", 4.0, at_least=False))
+            case.ratios.append(TimeRatio("torch", "lnjax", 1.0))
+        case.ratios.append(TimeRatio("lnjax", "copy", 4.0, at_least=False))
         cases.append(case)
     return cases
 
@@ -291,9 +239,9 @@ def ln_fwd(config: Config) -> list[Case]:
                 with torch.no_grad():
                     layer(xt)
             case.functions["torch"] = torch_fwd
-        case.ratios = [Ratio("lnjax", "flax"), Ratio("copy", "lnjax", 1.3, at_least=False)]
+        case.ratios = [TimeRatio("flax", "lnjax"), TimeRatio("lnjax", "copy", 1.3, at_least=False)]
         if layer is not None:
-            case.ratios.insert(1, Ratio("lnjax", "torch"))
+            case.ratios.insert(1, TimeRatio("torch", "lnjax"))
         cases.append(case)
     return cases
 
@@ -380,11 +328,11 @@ def lstm(config: Config) -> list[Case]:
                 p.grad = None
             (layer(xt)[0] ** 2).sum().backward()
         case.functions["torch LSTM"] = torch_lstm
-    case.ratios = [Ratio("lnjax LN-LSTM", "flax LSTM", 1.0),
-                   Ratio("lnjax LN-LSTM", "flax LN-LSTM", 1.7),
-                   Ratio("lnjax LSTM", "flax LSTM")]
+    case.ratios = [TimeRatio("flax LSTM", "lnjax LN-LSTM", 1.0),
+                   TimeRatio("flax LN-LSTM", "lnjax LN-LSTM", 1.7),
+                   TimeRatio("flax LSTM", "lnjax LSTM")]
     if torch is not None:
-        case.ratios.append(Ratio("lnjax LN-LSTM", "torch LSTM"))
+        case.ratios.append(TimeRatio("torch LSTM", "lnjax LN-LSTM"))
     case.note = "copy: one pass over the (T*B, 4H) gate pre-activations"
     return [case]
 
@@ -399,7 +347,7 @@ def lstm(config: Config) -> list[Case]:
 #         case = Case("epoch_scan", "...")
 #         case.functions["lnjax scan"] = ...
 #         case.functions["python loop"] = ...
-#         case.ratios = [Ratio("lnjax scan", "python loop")]
+#         case.ratios = [TimeRatio("python loop", "lnjax scan")]
 #         return [case]
 # --------------------------------------------------------------------------
 
@@ -409,80 +357,40 @@ def lstm(config: Config) -> list[Case]:
 # --------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores, load and library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
-            "flax": flax.__version__, "torch": torch.__version__ if torch else None,
-            "backend": jax.default_backend()}
-    if hasattr(os, "getloadavg"):
-        info["load average"] = [round(v, 2) for v in os.getloadavg()]
-    return info
-
-
 def run_case(case: Case, config: Config) -> dict[str, Any]:
     """Times one case; returns its JSON record."""
     record: dict[str, Any] = {"name": case.name, "title": case.title, "note": case.note,
                               "values": case.values}
-    if not case.functions:
-        return record
-    times = time_interleaved(case.functions, rounds=config.rounds, min_time=config.min_time)
-    record["median_ms"] = {n: 1e3 * statistics.median(t) for n, t in times.items()}
-    record["ratios"] = []
-    for ratio in case.ratios:
-        if ratio.num not in times or ratio.den not in times:
-            continue
-        value = statistics.median(d / n for n, d in zip(times[ratio.num], times[ratio.den]))
-        met = None if ratio.target is None else (
-            value >= ratio.target if ratio.at_least else value <= ratio.target)
-        record["ratios"].append({"num": ratio.num, "den": ratio.den, "label": ratio.label,
-                                 "value": value, "target": ratio.target,
-                                 "at_least": ratio.at_least, "met": met})
+    if case.functions:
+        record.update(measure(case.functions, case.ratios, rounds=config.rounds,
+                              min_time=config.min_time))
     return record
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The report: the machine, the table of times and ratios, the notes, the memory table."""
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; jax {m['jax']}, "
-             f"flax {m['flax']}, torch {m['torch'] or 'not installed'}; load average at start "
-             f"{m.get('load average')}. {results['config']['rounds']} interleaved rounds, "
-             "medians.", "",
-             "Ratios are time(right) / time(left): above 1, the left one is faster; "
-             "`copy / x` is x's time in units of one copy of the array.", "",
-             "| case | median ms | ratio | value | target | met |", "|---|---|---|---|---|---|"]
+    rows = []
     for rec in results["cases"]:
         if "median_ms" not in rec:
             continue
         times = ", ".join(f"{n} {t:.2f}" for n, t in rec["median_ms"].items())
         for i, r in enumerate(rec["ratios"]):
-            target = "" if r["target"] is None else ("≥ " if r["at_least"] else "≤ ") + \
-                f"{r['target']:g}"
-            if r["num"] == "copy":
-                label, value = f"{r['den']} in copies", f"{r['value']:.2f}"
-            else:
-                label, value = f"{r['num']} vs {r['den']}", f"{r['value']:.2f}x"
-            met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
-            first = (rec["title"], times) if i == 0 else ("", "")
-            lines.append(f"| {first[0]} | {first[1]} | {label} | {value} | {target} | {met} |")
+            rows.append(((rec["title"], times) if i == 0 else ("", "")) + report.ratio_cells(r))
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; jax {m['jax']}, "
+             f"flax {m['flax']}, torch {m['torch'] or 'not installed'}; load average at start "
+             f"{m.get('load average')}. {results['config']['rounds']} interleaved rounds, "
+             "medians.", "", report.RATIOS_READ, "",
+             report.table(["case", "median ms", "ratio", "value", "target", "met"], rows)]
     notes = sorted({f"{rec['name'].split()[0]}: {rec['note']}"
                     for rec in results["cases"] if rec.get("note")})
     lines += [""] + [f"- {n}" for n in notes]
     mem = [rec for rec in results["cases"] if rec["values"]]
     if mem:
-        lines += ["", "| compiled fwd+bwd temp memory | x | lnjax | flax |", "|---|---|---|---|"]
-        for rec in mem:
-            v = rec["values"]
-            lines.append(f"| {rec['title']} | {v['x MiB']:.1f} MiB | "
-                         f"{v['lnjax temp MiB']:.1f} MiB | {v['flax temp MiB']:.1f} MiB |")
+        lines += ["", report.table(
+            ["compiled fwd+bwd temp memory", "x", "lnjax", "flax"],
+            [(rec["title"], f"{v['x MiB']:.1f} MiB", f"{v['lnjax temp MiB']:.1f} MiB",
+              f"{v['flax temp MiB']:.1f} MiB") for rec in mem for v in [rec["values"]]])]
     return "\n".join(lines) + "\n"
 
 
@@ -493,26 +401,20 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for rec in results["cases"]:
-        for r in rec.get("ratios", []):
-            if r["num"] == "copy":
-                rows.append((f"{rec['title']}: {r['den']} in copies", r["value"],
-                             r["target"], False, r["met"]))
-            else:
-                rows.append((f"{rec['title']}: {r['num']} vs {r['den']}", r["value"],
-                             r["target"], r["at_least"], r["met"]))
+    rows = [(f"{rec['title']}: {r['label']}", r["value"], r["target"], r["met"])
+            for rec in results["cases"] for r in rec.get("ratios", [])]
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.2))
     ys = np.arange(len(rows))[::-1]
     colors = ["tab:gray" if met is None else ("tab:green" if met else "tab:red")
               for *_, met in rows]
     ax.barh(ys, [r[1] for r in rows], color=colors)
-    for y, (_, _, target, _, _) in zip(ys, rows):
+    for y, (_, _, target, _) in zip(ys, rows):
         if target is not None:
             ax.plot([target, target], [y - 0.4, y + 0.4], color="black", lw=2)
     ax.axvline(1.0, color="gray", lw=0.8, ls=":")
     ax.set_yticks(ys, [r[0] for r in rows], fontsize=7)
-    ax.set_xlabel("speed-up (x faster) or time in copies; black ticks: targets")
+    ax.set_xlabel("time ratio a / b (above 1: b is faster; x / copy: x in copies); "
+                  "black ticks: targets")
     ax.set_title(f"lnjax benchmarks ({results['machine']['cpu']}, "
                  f"{results['machine']['cores']} cores)", fontsize=9)
     fig.tight_layout()
@@ -528,7 +430,7 @@ def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAUL
     unknown = [n for n in names if n not in CASES]
     if unknown:
         raise ValueError(f"unknown case(s) {unknown}; known: {sorted(CASES)}")
-    results: dict[str, Any] = {"machine": machine(), "config": dataclasses.asdict(config),
+    results: dict[str, Any] = {"machine": report.machine(), "config": dataclasses.asdict(config),
                                "quick": quick, "shapes": shapes, "cases": []}
     try:
         from tqdm import tqdm
@@ -540,20 +442,15 @@ def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAUL
             bar.set_postfix_str(name)
         for case in CASES[name](config):
             results["cases"].append(run_case(case, config))
-    results["machine"]["load average at end"] = (
-        [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None)
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
-    plot(results, out / "results.png")
+    results["machine"]["load average at end"] = report.load_average()
+    report.write(out, "results", results, markdown(results))
+    plot(results, pathlib.Path(out) / "results.png")
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = report.parser(__doc__, "results", out=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     parser.add_argument("--shapes", choices=("full", "tiny"), default="full")
     parser.add_argument("--cases", default=None,
                         help=f"comma-separated subset of {','.join(CASES)}")

@@ -19,3 +19,28 @@ def write(path, payload, gz):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(payload) if gz else payload)
     return path
+
+
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # the IDX magic numbers of images and labels
+
+
+def learnable_images(n, seed):
+    """``n`` uint8 images of 28x28 and their labels: class k is a fixed random template plus
+    10% flipped pixels, so a small network learns them within a few epochs."""
+    rng = np.random.default_rng(seed)
+    templates = np.random.default_rng(123).random((10, 28, 28)) < 0.3
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    noise = rng.random((n, 28, 28)) < 0.1
+    images = (templates[labels] ^ noise).astype(np.uint8) * 200 + 20
+    return images.astype(np.uint8), labels
+
+
+def write_mnist_folder(folder, n_train, n_test, *, gz=True):
+    """The four MNIST-format IDX files of ``learnable_images`` in ``folder``: ``n_train``
+    training examples (seed 0) and ``n_test`` test examples (seed 1); returns ``folder``."""
+    folder = Path(folder)
+    for part, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = learnable_images(n, seed)
+        write(folder / f"{part}-images-idx3-ubyte", idx_bytes(images, IMAGES_MAGIC), gz)
+        write(folder / f"{part}-labels-idx1-ubyte", idx_bytes(labels, LABELS_MAGIC), gz)
+    return folder

@@ -1,40 +1,27 @@
-"""Tiny end-to-end runs of the command-line experiments on IDX files the tests write."""
+"""The experiments: tiny end-to-end runs of the command lines on IDX files the tests write,
+and the paper's Table 1 (lnjax.experiments.invariance)."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lnjax import data
-from lnjax.experiments import pi_mnist, seq_mnist
-from tests.test_data import idx_bytes, write
+from lnjax.experiments import invariance, pi_mnist, seq_mnist
+from tests.helpers import write_mnist_folder
 
 N_TRAIN, N_VAL, N_TEST = 96, 48, 64
-
-
-def learnable_images(n, seed):
-    """Class k: a fixed random template of class k plus noise, as uint8 pixels."""
-    rng = np.random.default_rng(seed)
-    templates = np.random.default_rng(123).random((10, 28, 28)) < 0.3
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    noise = rng.random((n, 28, 28)) < 0.1
-    images = (templates[labels] ^ noise).astype(np.uint8) * 200 + 20
-    return images.astype(np.uint8), labels
 
 
 @pytest.fixture
 def mnist_dir(tmp_path, monkeypatch):
     """A small MNIST-format data set in tmp_path/data/mnist; validation = last 48 examples."""
-    folder = tmp_path / "data" / "mnist"
-    x, y = learnable_images(N_TRAIN + N_VAL, seed=0)
-    xt, yt = learnable_images(N_TEST, seed=1)
-    write(folder / "train-images-idx3-ubyte", idx_bytes(x, 2051), True)
-    write(folder / "train-labels-idx1-ubyte", idx_bytes(y, 2049), True)
-    write(folder / "t10k-images-idx3-ubyte", idx_bytes(xt, 2051), False)
-    write(folder / "t10k-labels-idx1-ubyte", idx_bytes(yt, 2049), False)
+    write_mnist_folder(tmp_path / "data" / "mnist", N_TRAIN + N_VAL, N_TEST)
     monkeypatch.setattr(data, "_VALIDATION_SIZE", N_VAL)
     data._read_idx_cached.cache_clear()
-    return folder.parent
+    return tmp_path / "data"
 
 
 def read_results(out):
@@ -101,6 +88,19 @@ def test_seq_mnist_end_to_end(mnist_dir, tmp_path, capsys):
     assert is_png(out / "curves.png")
 
 
+def test_mlp_masks_padding_out_of_batch_norm_for_image_inputs():
+    """The mask train_step passes for images, (batch, 1, 1), keeps the padding out."""
+    model = pi_mnist.MLP("batchnorm", hidden=(8,))
+    x = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+    mask = np.array([True, True, True, False]).reshape(4, 1, 1)
+    padded, _ = model.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"])
+    real, _ = model.apply(variables, x[:3], train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(padded[:3], real, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one value per example"):
+        model.apply(variables, x, train=True, mask=np.ones((4, 28)), mutable=["batch_stats"])
+
+
 @pytest.mark.parametrize("module", [pi_mnist, seq_mnist])
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "nope"], "--methods: unknown"),
@@ -142,3 +142,28 @@ def test_data_cli_reports_what_it_finds(mnist_dir, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(data, "_DEBIAN_DIRS", {})
     assert data.main(["kmnist", "--data-dir", str(tmp_path / "empty")]) == 1
     assert "none of kmnist found" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- the paper's Table 1
+
+
+def test_table1_invariances_both_directions():
+    """Invariant where the paper says so (change ~1e-6), measurably not elsewhere."""
+    table = invariance.invariance_table(seed=0)
+    for method, row in invariance.PAPER_TABLE1.items():
+        for name, invariant in zip(invariance.TRANSFORMS, row):
+            change = table[method][name]
+            if invariant:
+                assert change < 1e-4, f"{method} should be invariant to {name}: {change}"
+            else:
+                assert change > 1e-1, f"{method} should change under {name}: {change}"
+
+
+def test_table1_normalized_summed_inputs_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown method 'group norm'"):
+        invariance.normalized_summed_inputs("group norm", jnp.ones((2, 2)), jnp.ones((2, 2)))
+
+
+def test_table1_formatting_reports_agreement():
+    text = invariance.format_table(invariance.invariance_table(seed=1))
+    assert "18 of 18 cells agree" in text

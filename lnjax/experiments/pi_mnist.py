@@ -28,8 +28,6 @@ Reference: Ba, Kiros & Hinton (2016), section 6.7, Figure 6.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,8 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from lnjax import linen as lnn
-from lnjax import training
-from lnjax.experiments import common
+from lnjax.experiments import common, driver
 
 METHODS = ("baseline", "batchnorm", "layernorm")
 LABELS = {"baseline": "Baseline", "batchnorm": "BatchNorm", "layernorm": "LayerNorm"}
@@ -78,8 +75,16 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool, mask: Any = None) -> jnp.ndarray:
+        """Logits of ``x`` (``(batch, ...)``, flattened); ``mask``: the real examples of a
+        padded batch (one value per example, any shape of that size), for batch norm."""
         if self.method not in METHODS:
             raise ValueError(f"MLP: method must be one of {METHODS}, got {self.method!r}")
+        if mask is not None:  # one value per example, e.g. (batch, 1, 1) for images
+            mask = jnp.asarray(mask)
+            if mask.size != x.shape[0]:
+                raise ValueError(f"MLP: mask must hold one value per example ({x.shape[0]} "
+                                 f"for x of shape {x.shape}), got shape {mask.shape}.")
+            mask = mask.reshape((x.shape[0], 1))
         x = x.reshape((x.shape[0], -1))
         for width in self.hidden:
             x = nn.Dense(width, use_bias=self.method == "baseline",
@@ -106,13 +111,10 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
     sync = mesh is not None and mesh.devices.size > 1 and not per_device_bn
     model = MLP(method=method, hidden=tuple(hidden), unbiased=batch_size <= 16,
                 axis_name=parallel.AXIS if sync else None)
-    train = splits["train"]
-    state = training.create_train_state(model, optax.adam(lr), train.images[:1], seed=seed)
-    config = {"method": method, "batch_size": batch_size, "lr": lr, "seed": seed,
-              "hidden": list(hidden), "dataset": train.name, "n_train": len(train.labels)}
-    return common.fit_run(state, splits, config, epochs=epochs, out=out, resume=resume,
-                          progress=progress, desc=f"{LABELS[method]:>9} bs={batch_size:<3}",
-                          mesh=mesh)
+    return common.fit_run(model, optax.adam(lr), splits, method=method, batch_size=batch_size,
+                          lr=lr, seed=seed, hidden=list(hidden), epochs=epochs, out=out,
+                          resume=resume, progress=progress, mesh=mesh, takes_mask=True,
+                          desc=f"{LABELS[method]:>9} bs={batch_size:<3}")
 
 
 def plot(results: dict, path: str) -> None:
@@ -120,8 +122,7 @@ def plot(results: dict, path: str) -> None:
     plt = common.pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    runs = results["runs"]
-    sizes = sorted({int(b) for by in runs.values() for b in by}, reverse=True)
+    runs, sizes = results["runs"], common.batch_sizes(results)
     fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.4), squeeze=False)
     for col, bs in enumerate(sizes):
         top, bottom = axes[0, col], axes[1, col]
@@ -144,54 +145,31 @@ def plot(results: dict, path: str) -> None:
         top.legend()
     hidden = results.get("config", {}).get("hidden", [1000, 1000])
     widths = "-".join(str(w) for w in [784, *hidden, 10])
-    fig.suptitle(f"Permutation-invariant {results['dataset']['name']} (lnjax), "
-                 f"{widths}, Adam", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path, f"Permutation-invariant {results['dataset']['name']} "
+                       f"(lnjax), {widths}, Adam")
 
 
-COLUMNS = (("train NLL", "train_loss", ".4f"), ("validation error %", "validation_error", "pct"),
-           ("test error %", "test_error", "pct"), ("epochs", "epoch", "d"),
-           ("train seconds", "seconds", "s"))
+COLUMNS = common.columns(("epochs", "epoch", "d"))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.split("\n\n")[0], methods=METHODS, default_methods=METHODS,
-                      batch_sizes=(128, 4), epochs=5, lr=1e-3, out="runs/pi_mnist")
+def _add_flags(p) -> None:
     p.add_argument("--hidden", type=common.comma_list(int), default=[1000, 1000],
                    help="hidden layer widths (the paper: 1000,1000)")
     p.add_argument("--per-device-bn", action="store_true",
                    help="with several devices, batch norm over each device's examples only "
                         "(default: statistics synchronized over all devices)")
-    args = p.parse_args(argv)
-    common.check_args(p, args)
-    timer = common.Timer()
-    mesh = common.mesh(args.devices)
-    splits, data_info = common.load_splits(args.dataset, args.data_dir, args.train_examples)
-    results = {"experiment": "pi_mnist", "dataset": data_info,
-               "config": {k: v for k, v in vars(args).items() if k not in ("no_progress",)},
-               "versions": common.versions(), "command": " ".join(sys.argv), "runs": {}}
-    os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, "results.json")
-    for bs in args.batch_sizes:
-        for method in args.methods:
-            h = run(method, bs, splits, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                    out=args.out, resume=not args.no_resume, progress=not args.no_progress,
-                    hidden=args.hidden, mesh=mesh, per_device_bn=args.per_device_bn)
-            results["runs"].setdefault(method, {})[str(bs)] = h
-            results["wall_seconds"] = timer()
-            common.write_json(json_path, results)
-    fig_path = os.path.join(args.out, "figure6.png")
-    plot(results, fig_path)
-    table = common.summary_table(results["runs"], columns=COLUMNS)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(table + "\n")
-    print(f"\nPermutation-invariant {data_info['name']} ({data_info['source']}), "
-          f"{args.epochs} epochs, {data_info['sizes']['train']} training examples:\n")
-    print(table)
-    print(f"\nWrote {json_path}, {fig_path}; {timer():.0f} s in all.")
-    return results
+
+
+EXPERIMENT = driver.Experiment(
+    name="pi_mnist", description=__doc__.split("\n\n")[0], title="Permutation-invariant",
+    methods=METHODS, run=run, plot=plot, figure="figure6.png", columns=COLUMNS,
+    batch_sizes=(128, 4), epochs=5, lr=1e-3, out="runs/pi_mnist",
+    add_flags=_add_flags, run_flags=("hidden", "per_device_bn"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m lnjax.experiments.pi_mnist [flags]``; returns what ``results.json`` holds."""
+    return driver.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

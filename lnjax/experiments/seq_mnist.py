@@ -21,8 +21,6 @@ Reference: Ba, Kiros & Hinton (2016), sections 3.1 and 6 (Eqs. 20-22).
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import flax.linen as nn
@@ -30,8 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from lnjax import linen as lnn
-from lnjax import training
-from lnjax.experiments import common
+from lnjax.experiments import common, driver
 
 METHODS = ("lstm", "ln_lstm", "gru", "ln_gru")
 LABELS = {"lstm": "LSTM", "ln_lstm": "LN-LSTM", "gru": "GRU", "ln_gru": "LN-GRU"}
@@ -82,21 +79,17 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
     model = RowClassifier(method=method, hidden=hidden)
     splits = {k: standardize(splits[k], splits["train"])
               for k in ("train", "validation", "test")}
-    train = splits["train"]
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-    state = training.create_train_state(model, tx, train.images[:1], seed=seed)
-    config = {"method": method, "batch_size": batch_size, "lr": lr, "seed": seed,
-              "hidden": hidden, "dataset": train.name, "n_train": len(train.labels)}
-    return common.fit_run(state, splits, config, epochs=epochs, out=out, resume=resume,
-                          progress=progress, desc=f"{LABELS[method]:>7} bs={batch_size:<3}",
-                          mesh=mesh)
+    return common.fit_run(model, tx, splits, method=method, batch_size=batch_size, lr=lr,
+                          seed=seed, hidden=hidden, epochs=epochs, out=out, resume=resume,
+                          progress=progress, mesh=mesh,
+                          desc=f"{LABELS[method]:>7} bs={batch_size:<3}")
 
 
 def plot(results: dict, path: str) -> None:
     """Training loss (log) and test accuracy against steps, one column per batch size."""
     plt = common.pyplot()
-    runs = results["runs"]
-    sizes = sorted({int(b) for by in runs.values() for b in by}, reverse=True)
+    runs, sizes = results["runs"], common.batch_sizes(results)
     fig, axes = plt.subplots(1, 2 * len(sizes), figsize=(4.5 * 2 * len(sizes), 3.6),
                              squeeze=False)
     for col, bs in enumerate(sizes):
@@ -117,51 +110,31 @@ def plot(results: dict, path: str) -> None:
         for ax in (left, right):
             ax.grid(alpha=0.3, which="both")
             ax.legend()
-    fig.suptitle(f"Row-by-row sequential {results['dataset']['name']} (lnjax)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path, f"Row-by-row sequential {results['dataset']['name']} (lnjax)")
 
 
-COLUMNS = (("train NLL", "train_loss", ".4f"), ("validation error %", "validation_error", "pct"),
-           ("test error %", "test_error", "pct"), ("steps", "steps", "d"),
-           ("train seconds", "seconds", "s"))
+COLUMNS = common.columns(("steps", "steps", "d"))
+
+
+def _add_flags(p) -> None:
+    p.add_argument("--hidden", type=int, default=128, help="recurrent units")
+
+
+def _check(p, args) -> None:
+    if args.hidden < 1:
+        p.error(f"--hidden must be positive, got {args.hidden}")
+
+
+EXPERIMENT = driver.Experiment(
+    name="seq_mnist", description=__doc__.split("\n\n")[0], title="Row-by-row sequential",
+    methods=METHODS, run=run, plot=plot, figure="curves.png", columns=COLUMNS,
+    batch_sizes=(128,), epochs=2, lr=1e-3, out="runs/seq_mnist",
+    add_flags=_add_flags, run_flags=("hidden",), check=_check)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = common.parser(__doc__.split("\n\n")[0], methods=METHODS, default_methods=METHODS,
-                      batch_sizes=(128,), epochs=2, lr=1e-3, out="runs/seq_mnist")
-    p.add_argument("--hidden", type=int, default=128, help="recurrent units")
-    args = p.parse_args(argv)
-    common.check_args(p, args)
-    if args.hidden < 1:
-        p.error(f"--hidden must be positive, got {args.hidden}")
-    timer = common.Timer()
-    mesh = common.mesh(args.devices)
-    splits, data_info = common.load_splits(args.dataset, args.data_dir, args.train_examples)
-    results = {"experiment": "seq_mnist", "dataset": data_info,
-               "config": {k: v for k, v in vars(args).items() if k not in ("no_progress",)},
-               "versions": common.versions(), "command": " ".join(sys.argv), "runs": {}}
-    os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, "results.json")
-    for bs in args.batch_sizes:
-        for method in args.methods:
-            h = run(method, bs, splits, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                    out=args.out, hidden=args.hidden, resume=not args.no_resume,
-                    progress=not args.no_progress, mesh=mesh)
-            results["runs"].setdefault(method, {})[str(bs)] = h
-            results["wall_seconds"] = timer()
-            common.write_json(json_path, results)
-    fig_path = os.path.join(args.out, "curves.png")
-    plot(results, fig_path)
-    table = common.summary_table(results["runs"], columns=COLUMNS)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(table + "\n")
-    print(f"\nRow-by-row sequential {data_info['name']} ({data_info['source']}), "
-          f"{args.epochs} epochs, {data_info['sizes']['train']} training examples:\n")
-    print(table)
-    print(f"\nWrote {json_path}, {fig_path}; {timer():.0f} s in all.")
-    return results
+    """``python -m lnjax.experiments.seq_mnist [flags]``; returns what ``results.json`` holds."""
+    return driver.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

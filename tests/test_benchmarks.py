@@ -1,0 +1,169 @@
+"""The benchmark scripts at toy sizes: their shared timing harness and report format, and a
+smoke run of each script (seconds each)."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import harness, report
+
+# ------------------------------------------------------- the harness and the report
+
+
+@pytest.mark.parametrize("module", [harness, report])
+def test_doctests(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_time_ratio_is_numerator_time_over_denominator_time():
+    times = {"slow": [2.0, 4.0, 6.0], "fast": [1.0, 1.0, 3.0]}  # per round: 2, 4, 2
+    ratio = harness.TimeRatio("slow", "fast", target=1.5)
+    record = ratio.measure(times)
+    assert record["label"] == "slow / fast" == ratio.label
+    assert record["value"] == 2.0 and record["met"] is True
+    assert (record["numerator"], record["denominator"]) == ("slow", "fast")
+    assert harness.TimeRatio("fast", "slow").measure(times)["value"] == 0.5
+    assert harness.TimeRatio("fast", "slow", 0.4, at_least=False).measure(times)["met"] is False
+    assert harness.TimeRatio("slow", "fast").measure(times)["met"] is None  # no target
+    assert harness.TimeRatio("slow", "absent").measure(times) is None
+
+
+def test_time_interleaved_warms_up_then_goes_round_robin():
+    calls = []
+    functions = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = harness.time_interleaved(functions, rounds=3)
+    assert calls == ["a", "b", "c"] + ["a", "b", "c"] * 3  # one untimed warm-up call each
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_time_interleaved_repeats_short_calls_to_min_time():
+    calls = []
+    harness.time_interleaved({"a": lambda: calls.append(1)}, rounds=2, min_time=1e-3)
+    assert len(calls) > 2 + 2  # warm-up, calibration, then several calls per timing
+
+
+def test_measure_reports_medians_and_the_ratios_it_can():
+    import time
+
+    functions = {"sleep 4 ms": lambda: time.sleep(4e-3), "sleep 1 ms": lambda: time.sleep(1e-3)}
+    timed = harness.measure(functions, [harness.TimeRatio("sleep 4 ms", "sleep 1 ms"),
+                                        harness.TimeRatio("sleep 4 ms", "not timed")], rounds=3)
+    assert set(timed["median_ms"]) == set(functions)
+    assert timed["median_ms"]["sleep 4 ms"] >= 4.0
+    (ratio,) = timed["ratios"]
+    assert ratio["label"] == "sleep 4 ms / sleep 1 ms" and ratio["value"] > 1.5
+    assert harness.per_second(10, 500.0) == 20.0
+
+
+def test_report_table_and_files(tmp_path):
+    text = report.table(["a", "b"], [[1, "x"]], align="lr")
+    assert text.splitlines() == ["| a | b |", "|---|---:|", "| 1 | x |"]
+    with pytest.raises(ValueError, match="must agree"):
+        report.table(["a", "b"], [[1]])
+    paths = report.write(tmp_path / "o", "thing", {"k": [1.5]}, text)
+    assert [p.name for p in paths] == ["thing.json", "thing.md"]
+    assert json.loads(paths[0].read_text()) == {"k": [1.5]}
+    assert paths[1].read_text() == text + "\n"
+    cells = report.ratio_cells({"label": "flax / lnjax", "value": 2.345, "target": 3.0,
+                                "at_least": True, "met": False})
+    assert cells == ("flax / lnjax", "2.35", "≥ 3", "**no**")
+
+
+def test_quick_main_parses_measures_prints_and_writes(tmp_path, capsys):
+    seen = []
+
+    def measure(*, quick):
+        seen.append(quick)
+        return {"quick": quick}
+
+    def markdown(record):
+        return report.table(["quick"], [[record["quick"]]])
+
+    doc = "A script.\n\nMore."
+    assert report.quick_main(doc, "thing", measure, markdown, ["--quick"]) == {"quick": True}
+    assert "| True |" in capsys.readouterr().out and not (tmp_path / "thing.json").exists()
+    report.quick_main(doc, "thing", measure, markdown, ["--out", str(tmp_path)])
+    assert seen == [True, False]
+    assert json.loads((tmp_path / "thing.json").read_text()) == {"quick": False}
+    assert "| False |" in (tmp_path / "thing.md").read_text()
+
+
+# ------------------------------------------------------- the scripts
+
+
+def test_benchmark_quick(tmp_path):
+    """``python -m benchmarks.run --quick --shapes tiny`` writes its three files."""
+    from benchmarks import run as bench
+
+    results = bench.run(quick=True, shapes="tiny", out=tmp_path, cases=["ln_fb"], progress=False)
+    for name in ("results.json", "results.md", "results.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["quick"] is True
+    timed = [c for c in results["cases"] if "median_ms" in c]
+    assert timed and all({"lnjax", "flax", "copy"} <= set(c["median_ms"]) for c in timed)
+    assert all(r["value"] > 0 for c in timed for r in c["ratios"])
+    assert "| case |" in (tmp_path / "results.md").read_text()
+
+
+def test_benchmark_ratios_read_as_time_over_time(tmp_path):
+    """Each ratio's label is ``numerator / denominator`` and its value near the medians'
+    quotient; the table prints the labels."""
+    from benchmarks import run as bench
+
+    results = bench.run(quick=True, shapes="tiny", out=tmp_path, cases=["ln_fwd"],
+                        progress=False)
+    (case, *_) = results["cases"]
+    labels = [r["label"] for r in case["ratios"]]
+    assert labels[0] == "flax / lnjax" and labels[-1] == "lnjax / copy"
+    for r in case["ratios"]:
+        assert r["label"] == f"{r['numerator']} / {r['denominator']}"
+        quotient = case["median_ms"][r["numerator"]] / case["median_ms"][r["denominator"]]
+        assert 0.2 < r["value"] / quotient < 5  # medians of ratios vs ratio of medians
+    copy = case["ratios"][-1]
+    assert (copy["target"], copy["at_least"]) == (1.3, False)
+    md = (tmp_path / "results.md").read_text()
+    assert "| flax / lnjax |" in md and "| lnjax / copy |" in md and "≤ 1.3" in md
+
+
+def test_scaling_benchmark_measures_each_device_count():
+    from benchmarks import scaling
+
+    rows = scaling.measure(quick=True, methods=("layernorm",), device_counts=(1, 2))
+    assert [r["devices"] for r in rows] == [1, 2]
+    assert all(r["steps_per_second"] > 0 for r in rows)
+    assert "| layernorm (steps/s) |" in scaling.markdown(rows)
+
+
+def test_accuracy_benchmark(tmp_path, capsys):
+    """lnjax stays exact far from zero where flax's default variance does not."""
+    from benchmarks import accuracy
+
+    results = accuracy.main(["--rows", "8", "--width", "128", "--out", str(tmp_path)])
+    assert list(results) == list(accuracy.OFFSETS)
+    assert all(errs["lnjax"] < 1e-5 for errs in results.values())
+    assert results[1e4]["flax (default)"] > 1e-2
+    printed = capsys.readouterr().out
+    assert "| offset / std | lnjax | flax (default) | flax (two-pass) |" in printed
+    saved = json.loads((tmp_path / "accuracy.json").read_text())
+    assert saved["10000.0"]["lnjax"] == results[1e4]["lnjax"]
+    assert (tmp_path / "accuracy.md").read_text() == accuracy.markdown(results) + "\n"
+
+
+def test_training_loop_benchmark(tmp_path):
+    from benchmarks import training_loop
+
+    row = training_loop.measure(quick=True, steps=4, repeats=2)
+    assert row["steps"] == 4 and row["hidden"] == [256, 256]
+    assert row["scan_steps_per_second"] > 0 and row["loop_steps_per_second"] > 0
+    (ratio,) = row["ratios"]
+    assert ratio["label"] == "python loop / epoch scan" and ratio["value"] > 0
+    table = training_loop.markdown(row)
+    assert "| epoch scan steps/s | Python loop steps/s | python loop / epoch scan |" in table
+    assert np.isclose(float(table.splitlines()[-1].split("|")[-2]), ratio["value"], atol=5e-3)
