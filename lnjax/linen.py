@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from flax.linen import dtypes
 from jax.nn import initializers
 
-from lnjax import normalization as N
+from lnjax import _checks as checks
 from lnjax import recurrent as R
+from lnjax.normalization import NormSpec, weight_norm
 
 __all__ = [
     "BatchNorm",
@@ -53,12 +54,6 @@ def _scale_bias(mdl: nn.Module, shape: tuple[int, ...], *, use_scale: bool,
     return scale, bias
 
 
-def _feature_shape(fn: str, x: jax.Array, feature_axes: Any) -> tuple[int, ...]:
-    x = N._as_float_array(x, fn=fn)
-    axes = N.canonicalize_axes(x.ndim, feature_axes, fn=fn, name="feature_axes", shape=x.shape)
-    return tuple(x.shape[a] for a in axes)
-
-
 class LayerNorm(nn.LayerNorm):
     """Layer normalization (Ba, Kiros & Hinton 2016), a drop-in for ``flax.linen.LayerNorm``.
 
@@ -82,16 +77,15 @@ class LayerNorm(nn.LayerNorm):
     @nn.compact
     def __call__(self, x, *, mask: jax.Array | None = None):
         """Normalizes ``x``; ``mask`` selects the positions the statistics count."""
-        scale, bias = _scale_bias(self, _feature_shape("LayerNorm", x, self.feature_axes),
-                                  use_scale=self.use_scale, use_bias=self.use_bias)
-        y, _ = N._normalize_axes(
-            "LayerNorm", x, scale, bias, reduction_axes=self.reduction_axes,
-            feature_axes=self.feature_axes, epsilon=self.epsilon, mask=mask,
-            fast_variance=self.use_fast_variance, axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups,
-            dtype=dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype),
-            stats_dtype=_stats_dtype(self, x), names=("reduction_axes", "feature_axes"))
-        return y
+        spec = NormSpec.layer(
+            "LayerNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
+            epsilon=self.epsilon, fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+            stats_dtype=_stats_dtype(self, x), arg_names=("reduction_axes", "feature_axes"))
+        scale, bias = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
+                                  use_bias=self.use_bias)
+        dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        return spec.apply(x, scale, bias, mask=mask, dtype=dtype)[0]
 
 
 class RMSNorm(nn.RMSNorm):
@@ -113,15 +107,15 @@ class RMSNorm(nn.RMSNorm):
     @nn.compact
     def __call__(self, x, *, mask: jax.Array | None = None):
         """RMS-normalizes ``x``; ``mask`` selects the positions counted."""
-        scale, _ = _scale_bias(self, _feature_shape("RMSNorm", x, self.feature_axes),
-                               use_scale=self.use_scale, use_bias=False)
-        y, _ = N._normalize_axes(
-            "RMSNorm", x, scale, None, reduction_axes=self.reduction_axes,
-            feature_axes=self.feature_axes, epsilon=self.epsilon, mask=mask, centered=False,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            dtype=dtypes.canonicalize_dtype(x, scale, dtype=self.dtype),
-            stats_dtype=_stats_dtype(self, x), names=("reduction_axes", "feature_axes"))
-        return y
+        spec = NormSpec.layer(
+            "RMSNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
+            epsilon=self.epsilon, centered=False, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self, x),
+            arg_names=("reduction_axes", "feature_axes"))
+        scale, _ = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
+                               use_bias=False)
+        dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)
+        return spec.apply(x, scale, mask=mask, dtype=dtype)[0]
 
 
 class GroupNorm(nn.GroupNorm):
@@ -145,7 +139,7 @@ class GroupNorm(nn.GroupNorm):
     @nn.compact
     def __call__(self, x, *, mask: jax.Array | None = None):
         """Group-normalizes channels-last ``x``."""
-        x = N._as_float_array(x, fn="GroupNorm")
+        x = checks.as_inexact_array(x, fn="GroupNorm")
         channels = x.shape[-1]
         if (self.num_groups is None) == (self.group_size is None):
             raise ValueError(
@@ -159,14 +153,15 @@ class GroupNorm(nn.GroupNorm):
             num_groups = channels // self.group_size
         else:
             num_groups = self.num_groups
-        scale, bias = _scale_bias(self, (channels,), use_scale=self.use_scale,
-                                  use_bias=self.use_bias)
-        return N._group_norm(
-            "GroupNorm", x, num_groups, scale, bias, reduction_axes=self.reduction_axes,
-            epsilon=self.epsilon, mask=mask, fast_variance=self.use_fast_variance,
+        spec = NormSpec.group(
+            "GroupNorm", x, num_groups, reduction_axes=self.reduction_axes,
+            epsilon=self.epsilon, fast_variance=self.use_fast_variance,
             axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            dtype=dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype),
             stats_dtype=_stats_dtype(self, x))
+        scale, bias = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
+                                  use_bias=self.use_bias)
+        dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        return spec.apply(x, scale, bias, mask=mask, dtype=dtype)[0]
 
 
 class InstanceNorm(nn.InstanceNorm):
@@ -190,22 +185,14 @@ class InstanceNorm(nn.InstanceNorm):
     @nn.compact
     def __call__(self, x, *, mask: jax.Array | None = None):
         """Instance-normalizes ``x``."""
-        x = N._as_float_array(x, fn="InstanceNorm")
-        feat = N.canonicalize_axes(x.ndim, self.feature_axes, fn="InstanceNorm",
-                                   name="feature_axes", shape=x.shape)
-        if 0 in feat:
-            raise ValueError("InstanceNorm: feature_axes cannot include axis 0, the batch axis "
-                             f"(feature_axes={self.feature_axes!r}, x of shape {x.shape}).")
-        red = tuple(i for i in range(1, x.ndim) if i not in feat)
-        scale, bias = _scale_bias(self, tuple(x.shape[a] for a in feat),
-                                  use_scale=self.use_scale, use_bias=self.use_bias)
-        y, _ = N._normalize_axes(
-            "InstanceNorm", x, scale, bias, reduction_axes=red, feature_axes=feat,
-            epsilon=self.epsilon, mask=mask, fast_variance=self.use_fast_variance,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            dtype=dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype),
-            stats_dtype=_stats_dtype(self, x), names=("feature_axes", "feature_axes"))
-        return y
+        spec = NormSpec.instance(
+            "InstanceNorm", x, feature_axes=self.feature_axes, epsilon=self.epsilon,
+            fast_variance=self.use_fast_variance, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self, x))
+        scale, bias = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
+                                  use_bias=self.use_bias)
+        dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        return spec.apply(x, scale, bias, mask=mask, dtype=dtype)[0]
 
 
 class BatchNorm(nn.BatchNorm):
@@ -240,27 +227,26 @@ class BatchNorm(nn.BatchNorm):
         """Normalizes ``x`` with batch statistics or, if asked, the running averages."""
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average)
-        x = N._as_float_array(x, fn="BatchNorm")
-        feat = N.canonicalize_axes(x.ndim, self.axis, fn="BatchNorm", shape=x.shape)
-        red = tuple(i for i in range(x.ndim) if i not in feat)
-        feature_shape = tuple(x.shape[a] for a in feat)
+        spec = NormSpec.batch(
+            "BatchNorm", x, feature_axes=self.axis, epsilon=self.epsilon,
+            running=bool(use_running_average), unbiased=self.unbiased,
+            fast_variance=self.use_fast_variance,
+            axis_name=None if self.is_initializing() else self.axis_name,
+            axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self, x))
         stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
         ra_mean = self.variable("batch_stats", "mean",
-                                lambda s: jnp.zeros(s, stat_dtype), feature_shape)
+                                lambda s: jnp.zeros(s, stat_dtype), spec.feature_shape)
         ra_var = self.variable("batch_stats", "var",
-                               lambda s: jnp.ones(s, stat_dtype), feature_shape)
-        scale, bias = _scale_bias(self, feature_shape, use_scale=self.use_scale,
+                               lambda s: jnp.ones(s, stat_dtype), spec.feature_shape)
+        scale, bias = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
                                   use_bias=self.use_bias)
-        y, (mean, var) = N._batch_norm(
-            "BatchNorm", x, scale, bias, reduction_axes=red, feature_axes=feat,
-            epsilon=self.epsilon, mask=mask,
-            axis_name=None if self.is_initializing() else self.axis_name,
-            axis_index_groups=self.axis_index_groups, unbiased=self.unbiased,
-            fast_variance=self.use_fast_variance,
-            stats=(ra_mean.value, ra_var.value) if use_running_average else None,
-            dtype=dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype),
-            stats_dtype=_stats_dtype(self, x))
-        if not use_running_average and not self.is_initializing():
+        dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        if use_running_average:
+            y, _ = spec.apply(x, scale, bias, stats=(ra_mean.value, ra_var.value), dtype=dtype)
+            return y
+        y, st = spec.apply(x, scale, bias, mask=mask, dtype=dtype)
+        mean, var = spec.feature_stats(st)
+        if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y
@@ -310,7 +296,7 @@ class WeightNormDense(nn.Module):
         scale = self.param("scale", self.scale_init, (self.features,), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        w = N.weight_norm(kernel, scale, axis=-1, epsilon=self.epsilon)
+        w = weight_norm(kernel, scale, axis=-1, epsilon=self.epsilon)
         x, w, bias = dtypes.promote_dtype(x, w, bias, dtype=self.dtype)
         y = jnp.matmul(x, w, precision=self.precision)
         return y if bias is None else y + bias
@@ -321,7 +307,7 @@ class WeightNormDense(nn.Module):
 # --------------------------------------------------------------------------
 
 
-def _recurrent_params(mdl: nn.Module, spec: R._Spec, in_features: int) -> dict:
+def _recurrent_params(mdl: nn.Module, spec: R.CellSpec, in_features: int) -> dict:
     """Create (or fetch) a cell's parameters in ``mdl``'s scope."""
     inits = R.param_initializers(spec, in_features, kernel_init=mdl.kernel_init,
                                  recurrent_kernel_init=mdl.recurrent_kernel_init,
@@ -371,7 +357,7 @@ class _RecurrentBase(nn.Module):
     _spec_extra = ()  # option names passed on to the spec (a class attribute)
 
     @nn.nowrap
-    def spec(self) -> R._Spec:
+    def spec(self) -> R.CellSpec:
         """The pure description of this cell (see :mod:`lnjax.recurrent`)."""
         extra = {k: getattr(self, k) for k in self._spec_extra}
         return self._spec_type(
@@ -400,7 +386,7 @@ class _CellCall(nn.Module):
     def __call__(self, carry, inputs):
         """One time step; ``carry`` from :meth:`initialize_carry`."""
         spec = self.spec()
-        inputs = N._as_float_array(inputs, fn=spec.name, name="inputs")
+        inputs = checks.as_inexact_array(inputs, fn=spec.name, name="inputs")
         params = _recurrent_params(self, spec, inputs.shape[-1])
         params, (inputs,) = _promote(self, params, inputs)
         return spec.cell(params, carry, inputs)
@@ -425,7 +411,7 @@ class _SequenceCall(nn.Module):
         Returns the outputs, or ``(carry, outputs)`` with ``return_carry``.
         """
         spec = self.spec()
-        inputs = N._as_float_array(inputs, fn=spec.name, name="inputs")
+        inputs = checks.as_inexact_array(inputs, fn=spec.name, name="inputs")
         R.check_sequence_rank(spec.name, inputs)
         params = _Params(spec=spec, kernel_init=self.kernel_init,
                          recurrent_kernel_init=self.recurrent_kernel_init,

@@ -18,8 +18,9 @@ import numpy as np
 from flax import nnx
 from flax.nnx.nn import dtypes
 
-from lnjax import normalization as N
+from lnjax import _checks as checks
 from lnjax import recurrent as R
+from lnjax.normalization import NormSpec, weight_norm
 
 __all__ = [
     "BatchNorm",
@@ -41,17 +42,14 @@ def _value(v: Any) -> Any:
     return None if v is None else v[...]
 
 
-def _shaped(p: Any, x: jax.Array, feature_axes: Any, fn: str) -> Any:
-    """A flat ``(num_features,)`` parameter reshaped to ``x``'s feature axes.
+def _shaped(p: Any, spec: NormSpec) -> Any:
+    """A flat ``(num_features,)`` parameter reshaped to the spec's feature shape.
 
     flax.nnx stores one flat vector for several feature axes; lnjax's
-    functions take the parameter in the shape of those axes.
+    normalizations take the parameter in the shape of those axes.
     """
-    if p is None:
-        return None
-    axes = N.canonicalize_axes(x.ndim, feature_axes, fn=fn, name="feature_axes", shape=x.shape)
-    shape = tuple(x.shape[a] for a in axes)
-    if p.ndim == 1 and len(shape) > 1 and p.size == int(np.prod(shape)):
+    shape = spec.feature_shape
+    if p is not None and p.ndim == 1 and len(shape) > 1 and p.size == int(np.prod(shape)):
         return p.reshape(shape)
     return p
 
@@ -78,17 +76,15 @@ class LayerNorm(nnx.LayerNorm):
 
     def __call__(self, x, *, mask: jax.Array | None = None):
         """Normalizes ``x``; ``mask`` selects the positions the statistics count."""
-        x = N._as_float_array(x, fn="LayerNorm")
+        x = checks.as_inexact_array(x, fn="LayerNorm")
         x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
                                             dtype=self.dtype)
-        scale, bias = (_shaped(p, x, self.feature_axes, "LayerNorm") for p in (scale, bias))
-        y, _ = N._normalize_axes(
-            "LayerNorm", x, scale, bias, reduction_axes=self.reduction_axes,
-            feature_axes=self.feature_axes, epsilon=self.epsilon, mask=mask,
-            fast_variance=self.use_fast_variance, axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups,
-            stats_dtype=_stats_dtype(self.dtype, x), names=("reduction_axes", "feature_axes"))
-        return y
+        spec = NormSpec.layer(
+            "LayerNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
+            epsilon=self.epsilon, fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+            stats_dtype=_stats_dtype(self.dtype, x), arg_names=("reduction_axes", "feature_axes"))
+        return spec.apply(x, _shaped(scale, spec), _shaped(bias, spec), mask=mask)[0]
 
 
 class RMSNorm(nnx.RMSNorm):
@@ -108,15 +104,14 @@ class RMSNorm(nnx.RMSNorm):
 
     def __call__(self, x, mask: jax.Array | None = None):
         """RMS-normalizes ``x``; ``mask`` selects the positions counted."""
-        x = N._as_float_array(x, fn="RMSNorm")
+        x = checks.as_inexact_array(x, fn="RMSNorm")
         x, scale = self.promote_dtype((x, _value(self.scale)), dtype=self.dtype)
-        scale = _shaped(scale, x, self.feature_axes, "RMSNorm")
-        y, _ = N._normalize_axes(
-            "RMSNorm", x, scale, None, reduction_axes=self.reduction_axes,
-            feature_axes=self.feature_axes, epsilon=self.epsilon, mask=mask, centered=False,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            stats_dtype=_stats_dtype(self.dtype, x), names=("reduction_axes", "feature_axes"))
-        return y
+        spec = NormSpec.layer(
+            "RMSNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
+            epsilon=self.epsilon, centered=False, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self.dtype, x),
+            arg_names=("reduction_axes", "feature_axes"))
+        return spec.apply(x, _shaped(scale, spec), mask=mask)[0]
 
 
 class GroupNorm(nnx.GroupNorm):
@@ -135,14 +130,15 @@ class GroupNorm(nnx.GroupNorm):
 
     def __call__(self, x, *, mask: jax.Array | None = None):
         """Group-normalizes channels-last ``x``."""
-        x = N._as_float_array(x, fn="GroupNorm")
+        x = checks.as_inexact_array(x, fn="GroupNorm")
         x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
                                             dtype=self.dtype)
-        return N._group_norm(
-            "GroupNorm", x, self.num_groups, scale, bias, reduction_axes=self.reduction_axes,
-            epsilon=self.epsilon, mask=mask, fast_variance=self.use_fast_variance,
+        spec = NormSpec.group(
+            "GroupNorm", x, self.num_groups, reduction_axes=self.reduction_axes,
+            epsilon=self.epsilon, fast_variance=self.use_fast_variance,
             axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
             stats_dtype=_stats_dtype(self.dtype, x))
+        return spec.apply(x, scale, bias, mask=mask)[0]
 
 
 class InstanceNorm(nnx.InstanceNorm):
@@ -162,22 +158,14 @@ class InstanceNorm(nnx.InstanceNorm):
 
     def __call__(self, x, *, mask: jax.Array | None = None):
         """Instance-normalizes ``x``."""
-        x = N._as_float_array(x, fn="InstanceNorm")
-        feat = N.canonicalize_axes(x.ndim, self.feature_axes, fn="InstanceNorm",
-                                   name="feature_axes", shape=x.shape)
-        if 0 in feat:
-            raise ValueError("InstanceNorm: feature_axes cannot include axis 0, the batch axis "
-                             f"(feature_axes={self.feature_axes!r}, x of shape {x.shape}).")
-        red = tuple(i for i in range(1, x.ndim) if i not in feat)
+        x = checks.as_inexact_array(x, fn="InstanceNorm")
         x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
                                             dtype=self.dtype)
-        scale, bias = (_shaped(p, x, feat, "InstanceNorm") for p in (scale, bias))
-        y, _ = N._normalize_axes(
-            "InstanceNorm", x, scale, bias, reduction_axes=red, feature_axes=feat,
-            epsilon=self.epsilon, mask=mask, fast_variance=self.use_fast_variance,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            stats_dtype=_stats_dtype(self.dtype, x), names=("feature_axes", "feature_axes"))
-        return y
+        spec = NormSpec.instance(
+            "InstanceNorm", x, feature_axes=self.feature_axes, epsilon=self.epsilon,
+            fast_variance=self.use_fast_variance, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self.dtype, x))
+        return spec.apply(x, _shaped(scale, spec), _shaped(bias, spec), mask=mask)[0]
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -208,27 +196,25 @@ class BatchNorm(nnx.BatchNorm):
         use_running_average = nnx.module.first_from(
             use_running_average, self.use_running_average,
             error_msg="BatchNorm: pass use_running_average to the constructor or the call.")
-        x = N._as_float_array(x, fn="BatchNorm")
-        feat = N.canonicalize_axes(x.ndim, self.axis, fn="BatchNorm", shape=x.shape)
-        red = tuple(i for i in range(x.ndim) if i not in feat)
+        x = checks.as_inexact_array(x, fn="BatchNorm", complex_ok=True)
         x, mean, var, scale, bias = self.promote_dtype(
             (x, self.mean[...], self.var[...], _value(self.scale), _value(self.bias)),
             dtype=self.dtype)
-        mean, var, scale, bias = (_shaped(p, x, feat, "BatchNorm")
-                                  for p in (mean, var, scale, bias))
-        y, (mean, var) = N._batch_norm(
-            "BatchNorm", x, scale, bias, reduction_axes=red, feature_axes=feat,
-            epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups, unbiased=self.unbiased,
-            fast_variance=self.use_fast_variance,
-            stats=(mean, var) if use_running_average else None,
-            stats_dtype=_stats_dtype(self.dtype, x))
-        if not use_running_average:
-            update = (jax.lax.stop_gradient
-                      if self.mean._can_update or self.var._can_update else (lambda v: v))
-            mean, var = mean.reshape(self.mean.shape), var.reshape(self.var.shape)
-            self.mean[...] = update(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
-            self.var[...] = update(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        spec = NormSpec.batch(
+            "BatchNorm", x, feature_axes=self.axis, epsilon=self.epsilon,
+            running=bool(use_running_average), unbiased=self.unbiased,
+            fast_variance=self.use_fast_variance, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self.dtype, x))
+        mean, var, scale, bias = (_shaped(p, spec) for p in (mean, var, scale, bias))
+        if use_running_average:
+            return spec.apply(x, scale, bias, stats=(mean, var))[0]
+        y, st = spec.apply(x, scale, bias, mask=mask)
+        mean, var = spec.feature_stats(st)
+        update = (jax.lax.stop_gradient
+                  if self.mean._can_update or self.var._can_update else (lambda v: v))
+        mean, var = mean.reshape(self.mean.shape), var.reshape(self.var.shape)
+        self.mean[...] = update(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = update(self.momentum * self.var[...] + (1 - self.momentum) * var)
         return y
 
 
@@ -268,7 +254,7 @@ class WeightNormLinear(nnx.Module):
 
     def __call__(self, x):
         """Applies the weight-normalized affine map to the last axis of ``x``."""
-        w = N.weight_norm(self.kernel[...], self.scale[...], axis=-1, epsilon=self.epsilon)
+        w = weight_norm(self.kernel[...], self.scale[...], axis=-1, epsilon=self.epsilon)
         x, w, bias = dtypes.promote_dtype((x, w, _value(self.bias)), dtype=self.dtype)
         y = jnp.matmul(x, w, precision=self.precision)
         return y if bias is None else y + bias
@@ -330,7 +316,7 @@ class _RecurrentBase(nnx.Module):
 class _Cell(_RecurrentBase, nnx.RNNCellBase):
     def __call__(self, carry, inputs):
         """One time step: ``(carry, x) -> (carry, y)``."""
-        inputs = N._as_float_array(inputs, fn=self.spec.name, name="inputs")
+        inputs = checks.as_inexact_array(inputs, fn=self.spec.name, name="inputs")
         params, (inputs,) = self._params(inputs)
         return self.spec.cell(params, carry, inputs)
 
@@ -406,7 +392,7 @@ class _Sequence(nnx.Module):
         """Same keywords as ``flax.nnx.RNN.__call__`` (so it works in ``nnx.Bidirectional``)."""
         cell = self.cell
         spec = dataclasses.replace(cell.spec, name=type(self).__name__)
-        inputs = N._as_float_array(inputs, fn=spec.name, name="inputs")
+        inputs = checks.as_inexact_array(inputs, fn=spec.name, name="inputs")
         R.check_sequence_rank(spec.name, inputs)
         params, (inputs,) = cell._params(inputs)
         return R.run_layer(

@@ -2,8 +2,11 @@
 
 Pure ``jax.numpy``: nothing here knows about Flax or optax. Every
 normalization in lnjax (the functions below and the Linen/NNX modules that wrap
-them) computes its statistics with :func:`moments` and applies them with
-:func:`normalize`, so the variance algorithm is written once, here.
+them) is a :class:`NormSpec`: built once per call from the input and the axes
+(which checks them), then applied. It computes its statistics with
+:func:`moments` and applies them with :func:`normalize`, so the variance
+algorithm is written once, here; where a row kernel of :mod:`lnjax.kernels`
+applies (layer and RMS norm over trailing axes) it computes the same values.
 
 Numerical choices, in one place:
 
@@ -19,16 +22,17 @@ Numerical choices, in one place:
   input dtype (bf16 and f16 included); the result has the input's dtype.
 * **Population variance** (divide by the count), as in the paper; an
   ``epsilon`` is added inside the square root.
+* **Complex input** (batch norm, as flax allows): the mean of ``x`` and the
+  variance of ``|x - mean|^2``, which is real.
 * **Masks** select the positions the statistics are computed over; every
   position is normalized. A selection with no positions has mean 0 and
   variance 0 (finite, never NaN).
-* **Fused path.** :func:`layer_norm`, :func:`rms_norm` and the
+* **Row kernels.** :func:`layer_norm`, :func:`rms_norm` and the
   LayerNorm/RMSNorm modules normalizing over trailing axes (no mask, no
-  ``axis_name``) run one ``custom_jvp`` with the analytic derivative: the
-  same statistics, a backward pass of a few fused passes over ``x`` and
-  ``dy``, and reverse mode saving only ``x`` and three numbers per row.
-  Forward mode, ``jacfwd`` and ``hessian`` differentiate its linear tangent
-  rule.
+  ``axis_name``) hand ``x``, viewed as ``(rows, H)``, to
+  :func:`lnjax.kernels.row_norm`: the same statistics with the analytic
+  derivative, reverse mode saving only ``x`` and three numbers per row, and
+  forward mode, ``jacfwd`` and ``hessian`` still working.
 * **Cross-device statistics** (``axis_name``) merge the per-device sums with
   Chan's parallel formula, weighting every device by its number of selected
   positions, so devices that hold different numbers of examples give the
@@ -39,8 +43,9 @@ Reference: Ba, Kiros & Hinton, "Layer Normalization", arXiv:1607.06450 (2016).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -49,11 +54,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lnjax import _checks as checks
+from lnjax import kernels
+from lnjax._checks import canonicalize_axes
+
 Array = jax.Array
 Axes = int | Sequence[int]
 
 __all__ = [
     "Moments",
+    "NormSpec",
     "batch_norm",
     "canonicalize_axes",
     "group_norm",
@@ -64,103 +74,6 @@ __all__ = [
     "rms_norm",
     "weight_norm",
 ]
-
-
-# --------------------------------------------------------------------------
-# Argument checks: every error is raised at trace time, names the argument and
-# the shapes involved, and says what to do instead.
-# --------------------------------------------------------------------------
-
-
-def _as_float_array(x: Any, *, fn: str, name: str = "x") -> Array:
-    """``x`` as a jax array with a floating dtype, or a ``TypeError``."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"{fn}: {name} must have a floating-point dtype, got {x.dtype} "
-            f"(shape {x.shape}); cast it first, e.g. {name}.astype(jnp.float32)."
-        )
-    return x
-
-
-def canonicalize_axes(ndim: int, axis: Axes, *, fn: str, name: str = "axis",
-                      shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """Sorted non-negative axes from an int or a sequence of ints.
-
-    Raises ``ValueError`` for an axis out of range or named twice, and
-    ``TypeError`` for anything that is not an integer.
-    """
-    shape_txt = f"x of shape {shape}" if shape is not None else f"an array of rank {ndim}"
-    if isinstance(axis, (int, np.integer)):
-        axes = (axis,)
-    elif isinstance(axis, Sequence):
-        axes = tuple(axis)
-    else:
-        raise TypeError(f"{fn}: {name}={axis!r} must be an int or a tuple of ints.")
-    out = []
-    for a in axes:
-        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
-            raise TypeError(f"{fn}: {name}={axis!r} must be an int or a tuple of ints.")
-        if not -ndim <= a < ndim:
-            raise ValueError(
-                f"{fn}: {name}={axis!r} is out of range for {shape_txt} "
-                f"(valid axes are {-ndim}..{ndim - 1})."
-            )
-        out.append(int(a) % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{fn}: {name}={axis!r} names the same axis twice for {shape_txt}.")
-    return tuple(sorted(out))
-
-
-def _check_epsilon(epsilon: Any, *, fn: str) -> None:
-    if isinstance(epsilon, (int, float, np.number)) and not epsilon >= 0:
-        raise ValueError(f"{fn}: epsilon must be >= 0, got {epsilon}.")
-
-
-def _check_nonempty(shape: tuple[int, ...], axes: tuple[int, ...], *, fn: str, name: str) -> None:
-    if not axes:
-        raise ValueError(f"{fn}: {name}=() selects no axis of x of shape {shape}; "
-                         "there is nothing to normalize over.")
-    empty = [a for a in axes if shape[a] == 0]
-    if empty:
-        raise ValueError(f"{fn}: the normalized axes {axes} of x of shape {shape} include "
-                         f"axis {empty[0]} of size 0; statistics of an empty axis are undefined.")
-
-
-def _broadcast_mask(mask: Any, shape: tuple[int, ...], *, fn: str) -> Array | None:
-    if mask is None:
-        return None
-    mask = jnp.asarray(mask)
-    try:
-        full = np.broadcast_shapes(mask.shape, shape)
-    except ValueError:
-        full = None
-    if full != tuple(shape):
-        raise ValueError(f"{fn}: mask of shape {mask.shape} does not broadcast to x of "
-                         f"shape {tuple(shape)}.")
-    return jnp.broadcast_to(mask.astype(bool), shape)
-
-
-def _param(p: Any, name: str, feature_shape: tuple[int, ...], target_shape: tuple[int, ...],
-           *, fn: str) -> Array | None:
-    """``scale``/``bias`` checked against ``feature_shape``, reshaped to broadcast."""
-    if p is None:
-        return None
-    p = jnp.asarray(p)
-    if not jnp.issubdtype(p.dtype, jnp.inexact):
-        p = p.astype(jnp.float32)
-    try:
-        ok = np.broadcast_shapes(p.shape, feature_shape) == tuple(feature_shape)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{fn}: {name} of shape {p.shape} does not match the feature "
-                         f"shape {tuple(feature_shape)} (it must equal it or broadcast to it).")
-    return jnp.broadcast_to(p, feature_shape).reshape(target_shape)
-
-
-def _stats_dtype(dtype: Any) -> Any:
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 # --------------------------------------------------------------------------
@@ -177,7 +90,7 @@ class Moments(NamedTuple):
 
     shift: Array  # f32[...] centre the deviations are taken from (no gradient)
     mean: Array  # f32[...] mean of (x - shift); the mean of x is shift + mean
-    var: Array  # f32[...] population variance (uncentred: mean of x**2)
+    var: Array  # f32[...] population variance (uncentred: mean of |x|**2); always real
     count: Array  # f32[...] number of positions the statistics cover
 
 
@@ -191,8 +104,11 @@ def moments(x: Array, axes: tuple[int, ...], *, mask: Array | None = None,
         s = \\mathrm{stop\\_gradient}(\\bar x),\\quad d = x - s,\\quad
         m = \\tfrac1n \\sum d,\\quad \\sigma^2 = \\tfrac1n \\sum d^2 - m^2
 
+    For complex ``x`` the mean is complex and the variance is that of
+    ``|x - mean|^2`` (real), as in flax.
+
     Args:
-      x: floating input; cast to ``dtype`` (default: at least float32).
+      x: floating (or complex) input; cast to ``dtype`` (default: at least float32).
       axes: canonical axes to reduce over (see :func:`canonicalize_axes`).
       mask: optional boolean array of ``x``'s shape: the positions counted.
       centered: ``False`` gives RMS statistics (mean 0, variance E[x^2]).
@@ -206,13 +122,14 @@ def moments(x: Array, axes: tuple[int, ...], *, mask: Array | None = None,
     Returns:
       :class:`Moments` with the reduced axes kept as size 1.
     """
-    cdtype = _stats_dtype(x.dtype) if dtype is None else dtype
+    cdtype = checks.stats_dtype(x.dtype) if dtype is None else dtype
+    rdtype = jnp.finfo(cdtype).dtype  # the real dtype of counts and variances
     x = x.astype(cdtype)
     if mask is None:
-        count = jnp.full((), math.prod(x.shape[a] for a in axes), cdtype)
+        count = jnp.full((), math.prod(x.shape[a] for a in axes), rdtype)
         count = jnp.broadcast_to(count, _kept_shape(x.shape, axes))
     else:
-        count = jnp.sum(mask, axis=axes, keepdims=True, dtype=cdtype)
+        count = jnp.sum(mask, axis=axes, keepdims=True, dtype=rdtype)
     safe_count = jnp.maximum(count, 1)
 
     def masked(v):
@@ -228,10 +145,10 @@ def moments(x: Array, axes: tuple[int, ...], *, mask: Array | None = None,
         shift = jnp.sum(masked(x), axes, keepdims=True) / safe_count
         shift = lax.stop_gradient(_round_off(shift))
     else:
-        shift = jnp.zeros_like(safe_count)
+        shift = jnp.zeros_like(safe_count, dtype=cdtype)
     d = masked(x - shift)
     s1 = jnp.sum(d, axes, keepdims=True) if centered else jnp.zeros_like(shift)
-    s2 = jnp.sum(d * d, axes, keepdims=True)
+    s2 = jnp.sum(_abs2(d), axes, keepdims=True)
 
     if axis_name is not None:
         shift, s1, s2, count = _merge_across_devices(shift, s1, s2, count, axis_name,
@@ -240,12 +157,21 @@ def moments(x: Array, axes: tuple[int, ...], *, mask: Array | None = None,
     mean = s1 / safe_count
     var = s2 / safe_count
     if centered:
-        var = jnp.maximum(var - mean * mean, 0)
+        var = jnp.maximum(var - _abs2(mean), 0)
     return Moments(shift, mean, var, count)
+
+
+def _abs2(v: Array) -> Array:
+    """``|v|**2``: ``v * v`` for real ``v``, real for complex ``v``."""
+    if jnp.iscomplexobj(v):
+        return v.real * v.real + v.imag * v.imag
+    return v * v
 
 
 def _round_off(v: Array, bits: int = 4) -> Array:
     """``v`` rounded to ``bits`` fewer mantissa bits than its dtype holds."""
+    if jnp.iscomplexobj(v):
+        return lax.complex(_round_off(v.real, bits), _round_off(v.imag, bits))
     info = jnp.finfo(v.dtype)
     return lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant - bits)
 
@@ -265,12 +191,16 @@ def _merge_across_devices(shift, s1, s2, count, axis_name, axis_index_groups):
     each device counts by its number of positions, however uneven.
     """
     def psum(*vs):
+        if any(jnp.iscomplexobj(v) for v in vs):  # keep real sums real
+            return lax.psum(vs, axis_name, axis_index_groups=axis_index_groups)
         return tuple(lax.psum(jnp.stack(vs), axis_name, axis_index_groups=axis_index_groups))
 
     total, weighted = psum(count, count * shift)
     common = _round_off(weighted / jnp.maximum(total, 1))
     delta = shift - common  # exact: both lie close to the data
-    g1, g2 = psum(s1 + count * delta, s2 + 2 * delta * s1 + count * delta * delta)
+    # sum |d + delta|^2 = s2 + 2 Re(conj(delta) s1) + n |delta|^2
+    cross = delta * s1 if not jnp.iscomplexobj(delta) else (jnp.conj(delta) * s1).real
+    g1, g2 = psum(s1 + count * delta, s2 + 2 * cross + count * _abs2(delta))
     return common, g1, g2, total
 
 
@@ -288,7 +218,7 @@ def normalize(x: Array, stats: Moments, *, epsilon: float, scale: Array | None =
     Returns:
       The normalized array.
     """
-    cdtype = stats.var.dtype
+    cdtype = jnp.result_type(stats.shift, stats.var)
     xs = x.astype(cdtype)
     y = ((xs - stats.shift) - stats.mean) * lax.rsqrt(stats.var + epsilon)
     if scale is not None:
@@ -299,201 +229,274 @@ def normalize(x: Array, stats: Moments, *, epsilon: float, scale: Array | None =
 
 
 # --------------------------------------------------------------------------
-# The fused path: layer norm and RMS norm over trailing axes, as one
-# custom_jvp with the analytic derivative.
+# NormSpec: a normalization resolved against one input, checked once.
 # --------------------------------------------------------------------------
-#
-# Used by layer_norm, rms_norm and the LayerNorm/RMSNorm modules whenever the
-# normalized axes are the trailing axes of x (and the scale/bias axes are the
-# same), with no mask and no cross-device axis: x is viewed as (rows, H).
-# Everything else takes the generic path above, which computes the same
-# values.
-#
-# * Statistics. The shift is the rough mean of the row (the sum of x / H);
-#   the sums of d = x - shift and d**2 then give the mean and variance
-#   exactly as :func:`moments` does. The uses of a per-row value go through
-#   ``optimization_barrier`` copies: for large arrays one copy per use, so
-#   that XLA cannot merge their broadcasts into one materialized (rows, H)
-#   buffer.
-# * Derivatives. A custom_jvp whose tangent is linear in the tangents::
-#
-#       ty = g r (tx - a) - g r xh c + xh tg + tb,
-#       a = mean_j tx,  c = mean_j tx xh,  xh = (d - m) r
-#
-#   JAX transposes it into the analytic backward, and forward mode, jacfwd
-#   and hessian differentiate it as ordinary code. For large arrays the
-#   broadcast terms are written as outer products, so the backward is: three
-#   matrix-vector products (dy @ g, 1^T dy, and with q = dy * xh computed
-#   once, q @ g and 1^T q) and one elementwise pass for dx. The tangent is
-#   wrapped in ``jax.checkpoint``: reverse mode saves x, scale and three
-#   numbers per row (shift, mean, reciprocal std), and recomputes xh in the
-#   backward pass instead of storing it.
 
 
-# Below this many elements the per-row values are shared by all their uses:
-# the arrays are small, so a broadcast buffer costs nothing, and letting XLA
-# fuse freely saves kernel launches (which dominate inside lax.scan).
-_SPLIT_USES_FROM = 1 << 16
+_WARNED: set[str] = set()
 
 
-def _per_use(a: Array, n: int, split: bool) -> tuple[Array, ...]:
-    """``n`` uses of a per-row (or per-column) array: distinct copies when ``split``."""
-    if split:
-        return lax.optimization_barrier((a,) * n)
-    return (lax.optimization_barrier(a),) * n
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def _fused_stats(x: Array, *, epsilon: float, centered: bool) -> tuple[Array, Array, Array]:
-    """Per-row ``(shift, mean, rstd)`` of a 2-D ``x``, each of shape ``(rows, 1)``."""
-    h = x.shape[-1]
-    if not centered:
-        zero = jnp.zeros(x.shape[:1] + (1,), x.dtype)
-        rstd = lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) * (1.0 / h) + epsilon)
-        return zero, zero, rstd
-    # The shift is the output of one reduction (with no operation after it that
-    # a consumer could recompute and round differently), so every use sees one
-    # value; XLA may fuse it with the sums below into a single kernel.
-    shift = lax.stop_gradient(jnp.sum(x * (1.0 / h), -1, keepdims=True))
-    s_sum, s_sq = _per_use(shift, 2, True)  # shared, x - shift would be materialized
-    mean = jnp.sum(x - s_sum, -1, keepdims=True) * (1.0 / h)
-    d = x - s_sq
-    var = jnp.maximum(jnp.sum(d * d, -1, keepdims=True) * (1.0 / h) - mean * mean, 0)
-    return shift, mean, lax.rsqrt(var + epsilon)
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+    """A normalization resolved against one input: its axes, shapes and dtypes, checked once.
 
+    The functions of this module and the Linen and NNX modules all describe
+    what they compute with one of the constructors (:meth:`layer`,
+    :meth:`instance`, :meth:`group`, :meth:`batch`), which checks the input,
+    the axes and ``epsilon`` and raises errors naming ``name`` (the caller, as
+    the user wrote it: ``"layer_norm"``, ``"LayerNorm"``), then call
+    :meth:`apply` with their parameters. The modules keep only what is theirs:
+    creating parameters and ``batch_stats``, and flax's dtype policy.
 
-def _fused_forward(x, scale, bias, epsilon, centered, out_dtype):
-    """``(y, (shift, mean, rstd))`` for 2-D ``x`` in the statistics dtype."""
-    shift, mean, rstd = _fused_stats(x, epsilon=epsilon, centered=centered)
-    split = x.size >= _SPLIT_USES_FROM
-    (r,) = _per_use(rstd, 1, split)
-    if centered:
-        (s,), (m,) = _per_use(shift, 1, split), _per_use(mean, 1, split)
-        y = ((x - s) - m) * r
-    else:
-        y = x * r
-    if scale is not None:
-        y = y * scale
-    if bias is not None:
-        y = y + bias
-    return y.astype(out_dtype), (shift, mean, rstd)
-
-
-def _outer(u: Array, v: Array) -> Array:
-    """``u[:, None] * v[None, :]`` as a matmul: its transpose is a matrix-vector product."""
-    return u[:, None] @ v[None, :]
-
-
-def _fused_tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *, centered, out_dtype):
-    """The output tangent: linear in ``(tx, tscale, tbias)``.
-
-    For large arrays the terms that broadcast a per-row or per-column tangent
-    are written as outer products (matmuls), so that their transposes in the
-    backward pass are matrix-vector products over ``dy`` and over
-    ``q = dy * xhat`` (computed once), XLA:CPU's fastest reductions.
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[1.0, 2.0, 3.0]])
+      >>> spec = NormSpec.layer("layer_norm", x, reduction_axes=-1, feature_axes=-1,
+      ...                       epsilon=0.0)
+      >>> spec.reduction_axes, spec.feature_shape
+      ((1,), (3,))
+      >>> y, _ = spec.apply(x)
+      >>> [round(float(v), 4) for v in y[0]]
+      [-1.2247, 0.0, 1.2247]
     """
-    h = x.shape[-1]
-    tx = tx.astype(x.dtype)
-    tscale = None if tscale is None else tscale.astype(x.dtype)
-    tbias = None if tbias is None else tbias.astype(x.dtype)
-    split = x.size >= _SPLIT_USES_FROM
-    s, m, r = (_per_use(v, 4, split) for v in (shift, mean, rstd))
-    g = (None,) * 4 if scale is None else _per_use(scale, 4, split)
 
-    def xhat(i):
-        return ((x - s[i]) - m[i]) * r[i] if centered else x * r[i]
+    name: str  # the caller, for errors
+    shape: tuple[int, ...]  # the input's shape
+    dtype: Any  # the input's dtype (the default result dtype)
+    reduction_axes: tuple[int, ...]  # canonical axes the statistics run over
+    feature_axes: tuple[int, ...]  # canonical axes of scale and bias
+    epsilon: Any  # added to the variance inside the square root
+    stats_dtype: Any  # the dtype the statistics are computed in
+    centered: bool = True  # False: RMS statistics (no mean)
+    fast_variance: bool = False  # E[x^2] - E[x]^2 (flax's fast path)
+    axis_name: Any = None  # mapped axis the statistics are merged over
+    axis_index_groups: Any = None
+    num_groups: int | None = None  # group norm: the last axis split into groups
+    unbiased: bool = False  # batch norm: n/(n-1) * var
 
-    def gain(i):
-        return r[i] if scale is None else g[i] * r[i]
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape of ``scale`` and ``bias``: the sizes of the feature axes."""
+        return tuple(self.shape[a] for a in self.feature_axes)
 
-    c = jnp.sum(tx * xhat(0), -1, keepdims=True) * (1.0 / h)  # mean_j tx xhat
-    if not split:
-        if centered:
-            tx = tx - jnp.sum(tx, -1, keepdims=True) * (1.0 / h)
-        ty = gain(1) * tx - gain(2) * xhat(2) * c
-        if tscale is not None:
-            ty = ty + xhat(3) * tscale
-        return (ty if tbias is None else ty + tbias).astype(out_dtype)
-    # ty = g r tx - (r a) (x) g + xhat * (1 (x) tscale - (r c) (x) g) + 1 (x) tbias
-    ones = jnp.ones(x.shape[:1], x.dtype)
-    gvec = jnp.ones((h,), x.dtype) if scale is None else g[2]
-    rstd_row = rstd[:, 0]
-    ty = gain(1) * tx
-    if centered:
-        ty = ty + _outer(-(rstd_row * (jnp.sum(tx, -1) * (1.0 / h))), gvec)
-    cross = _outer(-(rstd_row * c[:, 0]), gvec)
-    if tscale is not None:
-        cross = cross + _outer(ones, tscale)
-    ty = ty + xhat(2) * cross
-    if tbias is not None:
-        ty = ty + _outer(ones, tbias)
-    return ty.astype(out_dtype)
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """``x``'s shape with every non-feature axis of size 1 (parameters broadcast to it)."""
+        return tuple(n if i in self.feature_axes else 1 for i, n in enumerate(self.shape))
+
+    # ---------------------------------------------------------- constructors
+
+    @classmethod
+    def layer(cls, name: str, x: Any, *, reduction_axes: Axes, feature_axes: Axes,
+              epsilon: Any, centered: bool = True, fast_variance: bool = False,
+              axis_name: Any = None, axis_index_groups: Any = None, stats_dtype: Any = None,
+              arg_names: tuple[str, str] = ("axis", "axis")) -> NormSpec:
+        """Layer norm (``centered``) or RMS norm: statistics over ``reduction_axes``.
+
+        ``arg_names`` are the user-facing names of the two axis arguments
+        (``("axis", "axis")`` for the functions, ``("reduction_axes",
+        "feature_axes")`` for the modules).
+        """
+        x = checks.as_inexact_array(x, fn=name)
+        checks.check_epsilon(epsilon, fn=name)
+        red = canonicalize_axes(x.ndim, reduction_axes, fn=name, name=arg_names[0],
+                                shape=x.shape)
+        checks.check_nonempty(x.shape, red, fn=name, name=arg_names[0])
+        feat = canonicalize_axes(x.ndim, feature_axes, fn=name, name=arg_names[1],
+                                 shape=x.shape)
+        return cls(name, x.shape, x.dtype, red, feat, epsilon, _stats(x, stats_dtype),
+                   centered=centered, fast_variance=fast_variance, axis_name=axis_name,
+                   axis_index_groups=axis_index_groups)
+
+    @classmethod
+    def instance(cls, name: str, x: Any, *, feature_axes: Axes = -1, epsilon: Any,
+                 fast_variance: bool = False, axis_name: Any = None,
+                 axis_index_groups: Any = None, stats_dtype: Any = None) -> NormSpec:
+        """Instance norm: each example and feature over the other non-batch axes.
+
+        Axis 0 is the batch and may not be a feature axis. An input with no
+        axis left to normalize over (such as ``(batch, features)``) is
+        normalized over no axes, as flax does: every value is its own mean, so
+        the output is the bias (masked positions included, where flax gives
+        NaN). That warns once.
+        """
+        x = checks.as_inexact_array(x, fn=name)
+        checks.check_epsilon(epsilon, fn=name)
+        feat = canonicalize_axes(x.ndim, feature_axes, fn=name, name="feature_axes",
+                                 shape=x.shape)
+        if 0 in feat:
+            raise ValueError(
+                "The channel axes cannot include the leading dimension as this is assumed to "
+                f"be the batch axis. ({name}: feature_axes={feature_axes!r} cannot include axis "
+                f"0, the batch axis of x of shape {x.shape}.)")
+        red = tuple(i for i in range(1, x.ndim) if i not in feat)
+        if red:
+            checks.check_nonempty(x.shape, red, fn=name, name="the spatial axes")
+        else:
+            _warn_once(f"{name}-no-spatial-axes", (
+                f"{name}: x of shape {x.shape} with feature_axes={feature_axes!r} has no axis "
+                "to normalize over, so (as in flax) the output is the bias alone; for "
+                "(batch, features) input you may want LayerNorm."))
+        return cls(name, x.shape, x.dtype, red, feat, epsilon, _stats(x, stats_dtype),
+                   fast_variance=fast_variance, axis_name=axis_name,
+                   axis_index_groups=axis_index_groups)
+
+    @classmethod
+    def group(cls, name: str, x: Any, num_groups: Any, *, reduction_axes: Axes | None = None,
+              epsilon: Any, fast_variance: bool = False, axis_name: Any = None,
+              axis_index_groups: Any = None, stats_dtype: Any = None) -> NormSpec:
+        """Group norm of channels-last ``x``: ``num_groups`` groups of consecutive channels.
+
+        ``reduction_axes`` (default: every axis but the batch) must include the
+        last (channel) axis; the statistics of each group run over them.
+        """
+        x = checks.as_inexact_array(x, fn=name)
+        checks.check_epsilon(epsilon, fn=name)
+        if x.ndim < 2:
+            raise ValueError(f"{name}: x must have a batch and a channel axis, got shape "
+                             f"{x.shape}.")
+        channels = x.shape[-1]
+        if (isinstance(num_groups, bool) or not isinstance(num_groups, int | np.integer)
+                or num_groups <= 0 or channels % num_groups):
+            raise ValueError(f"{name}: num_groups={num_groups!r} must be a positive divisor of "
+                             f"the number of channels {channels} (x of shape {x.shape}).")
+        red = (tuple(range(1, x.ndim)) if reduction_axes is None else
+               canonicalize_axes(x.ndim, reduction_axes, fn=name, name="reduction_axes",
+                                 shape=x.shape))
+        if x.ndim - 1 not in red:
+            raise ValueError(f"{name}: reduction_axes={reduction_axes!r} must include the last "
+                             f"(channel) axis of x of shape {x.shape}.")
+        checks.check_nonempty(x.shape, red, fn=name, name="reduction_axes")
+        return cls(name, x.shape, x.dtype, red, (x.ndim - 1,), epsilon, _stats(x, stats_dtype),
+                   fast_variance=fast_variance, axis_name=axis_name,
+                   axis_index_groups=axis_index_groups, num_groups=int(num_groups))
+
+    @classmethod
+    def batch(cls, name: str, x: Any, *, reduction_axes: Axes | None = None,
+              feature_axes: Axes | None = None, epsilon: Any, running: bool = False,
+              unbiased: bool = False, fast_variance: bool = False, axis_name: Any = None,
+              axis_index_groups: Any = None, stats_dtype: Any = None) -> NormSpec:
+        """Batch norm: statistics over ``reduction_axes``, parameters over the others.
+
+        Give the reduction axes (the functions' ``axis``) or the feature axes
+        (the modules' ``axis``); the other set is the rest. ``running``: the
+        statistics will come from running averages, so the reduction may be
+        empty. Complex input is accepted, as flax does.
+        """
+        x = checks.as_inexact_array(x, fn=name, complex_ok=True)
+        checks.check_epsilon(epsilon, fn=name)
+        if feature_axes is None:
+            red = canonicalize_axes(x.ndim, reduction_axes, fn=name, shape=x.shape)
+            feat = tuple(i for i in range(x.ndim) if i not in red)
+        else:
+            feat = canonicalize_axes(x.ndim, feature_axes, fn=name, shape=x.shape)
+            red = tuple(i for i in range(x.ndim) if i not in feat)
+        if not running:
+            checks.check_nonempty(x.shape, red, fn=name, name="axis")
+        return cls(name, x.shape, x.dtype, red, feat, epsilon, _stats(x, stats_dtype),
+                   fast_variance=fast_variance, axis_name=axis_name,
+                   axis_index_groups=axis_index_groups, unbiased=unbiased)
+
+    # ----------------------------------------------------------------- apply
+
+    def apply(self, x: Any, scale: Any = None, bias: Any = None, *, mask: Any = None,
+              stats: tuple[Any, Any] | None = None,
+              dtype: Any = None) -> tuple[Array, Moments | None]:
+        """Normalizes ``x``, the input this spec was built from.
+
+        Args:
+          x: the input (its shape must be :attr:`shape`).
+          scale, bias: optional parameters of :attr:`feature_shape` (or
+            broadcastable to it).
+          mask: optional boolean array broadcastable to ``x``: the positions
+            the statistics count.
+          stats: optional ``(mean, var)`` of :attr:`feature_shape` used instead
+            of the statistics of ``x`` (batch norm's running averages).
+          dtype: the result dtype (default: ``x``'s).
+
+        Returns:
+          ``(y, moments)``: the output and the :class:`Moments` it used, or
+          ``None`` where a row kernel computed ``y`` without forming them.
+        """
+        x = jnp.asarray(x)
+        fn = self.name
+        if x.shape != self.shape:
+            raise ValueError(f"{fn}: x of shape {x.shape} given to a normalization built for "
+                             f"shape {self.shape}.")
+        out_dtype = self.dtype if dtype is None else dtype
+        fshape = self.feature_shape
+        if (stats is None and self.num_groups is None
+                and kernels.applies(self.shape, self.reduction_axes, self.feature_axes,
+                                    epsilon=self.epsilon, masked=mask is not None,
+                                    axis_name=self.axis_name, fast_variance=self.fast_variance)):
+            width = math.prod(fshape)
+            scale, bias = (None if p is None else p.astype(self.stats_dtype) for p in (
+                checks.feature_param(scale, "scale", fshape, (width,), fn=fn),
+                checks.feature_param(bias, "bias", fshape, (width,), fn=fn)))
+            y = kernels.row_norm(x.reshape(-1, width).astype(self.stats_dtype), scale, bias,
+                                 epsilon=float(self.epsilon), centered=self.centered,
+                                 out_dtype=jnp.dtype(out_dtype))
+            return y.reshape(self.shape), None
+        target = self.target_shape
+        scale = checks.feature_param(scale, "scale", fshape, target, fn=fn)
+        bias = checks.feature_param(bias, "bias", fshape, target, fn=fn)
+        mask = checks.broadcast_mask(mask, self.shape, fn=fn)
+        if self.num_groups is not None:
+            return self._apply_groups(x, scale, bias, mask, out_dtype)
+        if not self.reduction_axes:  # instance norm over no axes: every value is its own mean
+            y = jnp.zeros(self.shape, self.stats_dtype) + (0 if bias is None else bias)
+            return y.astype(out_dtype), None
+        if stats is None:
+            st = self.moments(x, mask)
+        else:
+            mean, var = stats
+            mean = jnp.asarray(mean, self.stats_dtype).reshape(target)
+            var = jnp.asarray(var, jnp.finfo(self.stats_dtype).dtype).reshape(target)
+            st = Moments(mean, jnp.zeros_like(mean), var, jnp.ones_like(var))
+        return normalize(x, st, epsilon=self.epsilon, scale=scale, bias=bias,
+                         dtype=out_dtype), st
+
+    def moments(self, x: Array, mask: Array | None = None) -> Moments:
+        """The statistics of ``x`` over :attr:`reduction_axes` (``mask``: boolean, x's shape)."""
+        st = moments(x, self.reduction_axes, mask=mask, centered=self.centered,
+                     fast_variance=self.fast_variance, axis_name=self.axis_name,
+                     axis_index_groups=self.axis_index_groups, dtype=self.stats_dtype)
+        if self.unbiased:
+            st = st._replace(var=st.var * st.count / jnp.maximum(st.count - 1, 1))
+        return st
+
+    def feature_stats(self, st: Moments) -> tuple[Array, Array]:
+        """The mean and variance of ``st`` shaped like the feature axes (batch norm's)."""
+        return ((st.shift + st.mean).reshape(self.feature_shape),
+                st.var.reshape(self.feature_shape))
+
+    def _apply_groups(self, x, scale, bias, mask, out_dtype):
+        """Group norm: the channels split into groups, each normalized over its own axes."""
+        ndim, channels = len(self.shape), self.shape[-1]
+        group_shape = self.shape[:-1] + (self.num_groups, channels // self.num_groups)
+        # Reduce over the chosen axes and over the channels within each group.
+        axes = tuple(a for a in self.reduction_axes if a != ndim - 1) + (ndim,)
+        st = moments(x.reshape(group_shape), axes,
+                     mask=None if mask is None else mask.reshape(group_shape),
+                     fast_variance=self.fast_variance, axis_name=self.axis_name,
+                     axis_index_groups=self.axis_index_groups, dtype=self.stats_dtype)
+        y = normalize(x.reshape(group_shape), st, epsilon=self.epsilon,
+                      dtype=self.stats_dtype).reshape(self.shape)
+        if scale is not None:
+            y = y * scale
+        if bias is not None:
+            y = y + bias
+        return y.astype(out_dtype), st
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _fused_norm(x, scale, bias, epsilon, centered, out_dtype):
-    """Layer norm (``centered``) or RMS norm of 2-D ``x`` over its last axis."""
-    return _fused_forward(x, scale, bias, epsilon, centered, out_dtype)[0]
-
-
-@_fused_norm.defjvp
-def _fused_norm_jvp(epsilon, centered, out_dtype, primals, tangents):
-    x, scale, bias = primals
-    tx, tscale, tbias = tangents
-    y, (shift, mean, rstd) = _fused_forward(x, scale, bias, epsilon, centered, out_dtype)
-    tangent = jax.checkpoint(functools.partial(_fused_tangent, centered=centered,
-                                               out_dtype=out_dtype))
-    return y, tangent(x, scale, shift, mean, rstd, tx, tscale, tbias)
-
-
-def _fused_applies(x: Array, red: tuple[int, ...], feat: tuple[int, ...], *, epsilon: Any,
-                   mask: Any, fast_variance: bool, axis_name: Any) -> bool:
-    """Whether :func:`_fused_norm` computes this normalization."""
-    trailing = tuple(range(x.ndim - len(red), x.ndim))
-    return (red == feat == trailing and mask is None and axis_name is None
-            and not fast_variance and x.size > 0
-            and isinstance(epsilon, (int, float, np.floating)) and not isinstance(epsilon, bool))
-
-
-def _normalize_axes(fn: str, x: Any, scale: Any, bias: Any, *, reduction_axes: Axes,
-                    feature_axes: Axes, epsilon: float, mask: Any, centered: bool = True,
-                    fast_variance: bool = False, axis_name: Any = None,
-                    axis_index_groups: Any = None, dtype: Any = None,
-                    stats_dtype: Any = None,
-                    names: tuple[str, str] = ("axis", "axis")) -> tuple[Array, Moments | None]:
-    """Checked statistics over ``reduction_axes``, scale/bias over ``feature_axes``.
-
-    ``names`` are the user-facing names of the two axis arguments, for errors.
-    Returns ``(y, stats)``; ``stats`` is None where the fused path (trailing
-    axes, no mask, no ``axis_name``) computed ``y`` without forming them.
-    """
-    x = _as_float_array(x, fn=fn)
-    _check_epsilon(epsilon, fn=fn)
-    red = canonicalize_axes(x.ndim, reduction_axes, fn=fn, name=names[0], shape=x.shape)
-    _check_nonempty(x.shape, red, fn=fn, name=names[0])
-    feat = canonicalize_axes(x.ndim, feature_axes, fn=fn, name=names[1], shape=x.shape)
-    feature_shape = tuple(x.shape[a] for a in feat)
-    if _fused_applies(x, red, feat, epsilon=epsilon, mask=mask, fast_variance=fast_variance,
-                      axis_name=axis_name):
-        cdtype = _stats_dtype(x.dtype) if stats_dtype is None else stats_dtype
-        width = math.prod(feature_shape)
-        scale, bias = (_param(p, name, feature_shape, (width,), fn=fn)
-                       for p, name in ((scale, "scale"), (bias, "bias")))
-        scale, bias = (None if p is None else p.astype(cdtype) for p in (scale, bias))
-        y = _fused_norm(x.reshape(-1, width).astype(cdtype), scale, bias, float(epsilon),
-                        centered, jnp.dtype(x.dtype if dtype is None else dtype))
-        return y.reshape(x.shape), None
-    target = tuple(n if i in feat else 1 for i, n in enumerate(x.shape))
-    scale = _param(scale, "scale", feature_shape, target, fn=fn)
-    bias = _param(bias, "bias", feature_shape, target, fn=fn)
-    mask = _broadcast_mask(mask, x.shape, fn=fn)
-    st = moments(x, red, mask=mask, centered=centered, fast_variance=fast_variance,
-                 axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=stats_dtype)
-    return normalize(x, st, epsilon=epsilon, scale=scale, bias=bias, dtype=dtype), st
-
-
-# --------------------------------------------------------------------------
-# The public normalizations.
-# --------------------------------------------------------------------------
+def _stats(x: Array, stats_dtype: Any) -> Any:
+    return checks.stats_dtype(x.dtype) if stats_dtype is None else stats_dtype
 
 
 def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
@@ -520,9 +523,9 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
     Returns:
       An array of ``x``'s shape and dtype.
 
-    When ``axis`` names the trailing axes and there is no mask, the fused
-    path computes the result and its analytic derivative (see the module
-    notes); otherwise the generic path, with the same statistics.
+    When ``axis`` names the trailing axes and there is no mask, a row kernel
+    (:mod:`lnjax.kernels`) computes the result and its analytic derivative;
+    otherwise the generic path, with the same statistics.
 
     Example:
       >>> import jax.numpy as jnp, lnjax
@@ -532,9 +535,9 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
 
     Reference: Ba, Kiros & Hinton (2016), Eqs. 3-4.
     """
-    y, _ = _normalize_axes("layer_norm", x, scale, bias, reduction_axes=axis,
-                           feature_axes=axis, epsilon=epsilon, mask=mask)
-    return y
+    spec = NormSpec.layer("layer_norm", x, reduction_axes=axis, feature_axes=axis,
+                          epsilon=epsilon)
+    return spec.apply(x, scale, bias, mask=mask)[0]
 
 
 def rms_norm(x: Array, scale: Array | None = None, *, axis: Axes = -1,
@@ -555,8 +558,7 @@ def rms_norm(x: Array, scale: Array | None = None, *, axis: Axes = -1,
     Returns:
       An array of ``x``'s shape and dtype.
 
-    Trailing axes without a mask take the fused path, as for
-    :func:`layer_norm`.
+    Trailing axes without a mask take a row kernel, as for :func:`layer_norm`.
 
     Example:
       >>> import jax.numpy as jnp, lnjax
@@ -566,50 +568,9 @@ def rms_norm(x: Array, scale: Array | None = None, *, axis: Axes = -1,
 
     Reference: Zhang & Sennrich (2019), arXiv:1910.07467.
     """
-    y, _ = _normalize_axes("rms_norm", x, scale, None, reduction_axes=axis,
-                           feature_axes=axis, epsilon=epsilon, mask=mask, centered=False)
-    return y
-
-
-def _group_norm(fn: str, x: Any, num_groups: int, scale: Any, bias: Any, *,
-                reduction_axes: Axes | None, epsilon: float, mask: Any,
-                fast_variance: bool = False, axis_name: Any = None,
-                axis_index_groups: Any = None, dtype: Any = None,
-                stats_dtype: Any = None) -> Array:
-    """Group norm over channels-last ``x``; ``reduction_axes`` must end with -1."""
-    x = _as_float_array(x, fn=fn)
-    _check_epsilon(epsilon, fn=fn)
-    if x.ndim < 2:
-        raise ValueError(f"{fn}: x must have a batch and a channel axis, got shape {x.shape}.")
-    channels = x.shape[-1]
-    if (isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer))
-            or num_groups <= 0 or channels % num_groups):
-        raise ValueError(f"{fn}: num_groups={num_groups!r} must be a positive divisor of the "
-                         f"number of channels {channels} (x of shape {x.shape}).")
-    red = (tuple(range(1, x.ndim)) if reduction_axes is None else
-           canonicalize_axes(x.ndim, reduction_axes, fn=fn, name="reduction_axes",
-                             shape=x.shape))
-    if x.ndim - 1 not in red:
-        raise ValueError(f"{fn}: reduction_axes={reduction_axes!r} must include the last "
-                         f"(channel) axis of x of shape {x.shape}.")
-    _check_nonempty(x.shape, red, fn=fn, name="reduction_axes")
-    target = (1,) * (x.ndim - 1) + (channels,)
-    scale = _param(scale, "scale", (channels,), target, fn=fn)
-    bias = _param(bias, "bias", (channels,), target, fn=fn)
-    mask = _broadcast_mask(mask, x.shape, fn=fn)
-    group_shape = x.shape[:-1] + (num_groups, channels // num_groups)
-    xg = x.reshape(group_shape)
-    # Reduce over the chosen axes and over the channels within each group.
-    gred = tuple(a for a in red if a != x.ndim - 1) + (x.ndim,)
-    gmask = None if mask is None else mask.reshape(group_shape)
-    st = moments(xg, gred, mask=gmask, fast_variance=fast_variance, axis_name=axis_name,
-                 axis_index_groups=axis_index_groups, dtype=stats_dtype)
-    y = normalize(xg, st, epsilon=epsilon, dtype=st.var.dtype).reshape(x.shape)
-    if scale is not None:
-        y = y * scale
-    if bias is not None:
-        y = y + bias
-    return y.astype(x.dtype if dtype is None else dtype)
+    spec = NormSpec.layer("rms_norm", x, reduction_axes=axis, feature_axes=axis,
+                          epsilon=epsilon, centered=False)
+    return spec.apply(x, scale, mask=mask)[0]
 
 
 def group_norm(x: Array, num_groups: int, scale: Array | None = None,
@@ -643,8 +604,8 @@ def group_norm(x: Array, num_groups: int, scale: Array | None = None,
 
     Reference: Wu & He (2018), arXiv:1803.08494.
     """
-    return _group_norm("group_norm", x, num_groups, scale, bias, reduction_axes=None,
-                       epsilon=epsilon, mask=mask)
+    spec = NormSpec.group("group_norm", x, num_groups, epsilon=epsilon)
+    return spec.apply(x, scale, bias, mask=mask)[0]
 
 
 def instance_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
@@ -676,14 +637,12 @@ def instance_norm(x: Array, scale: Array | None = None, bias: Array | None = Non
 
     Reference: Ulyanov, Vedaldi & Lempitsky (2016), arXiv:1607.08022.
     """
-    x = _as_float_array(x, fn="instance_norm")
+    x = checks.as_inexact_array(x, fn="instance_norm")
     if x.ndim < 3:
         raise ValueError(f"instance_norm: x must be (N, spatial..., C) with at least one "
                          f"spatial axis, got shape {x.shape}; for (N, C) use layer_norm.")
-    y, _ = _normalize_axes("instance_norm", x, scale, bias,
-                           reduction_axes=tuple(range(1, x.ndim - 1)), feature_axes=-1,
-                           epsilon=epsilon, mask=mask)
-    return y
+    spec = NormSpec.instance("instance_norm", x, epsilon=epsilon)
+    return spec.apply(x, scale, bias, mask=mask)[0]
 
 
 def batch_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
@@ -726,46 +685,11 @@ def batch_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
 
     Reference: Ioffe & Szegedy (2015), arXiv:1502.03167.
     """
-    fn = "batch_norm"
-    x = _as_float_array(x, fn=fn)
-    red = canonicalize_axes(x.ndim, axis, fn=fn, shape=x.shape)
-    feat = tuple(i for i in range(x.ndim) if i not in red)
-    y, (mean, var) = _batch_norm(fn, x, scale, bias, reduction_axes=red, feature_axes=feat,
-                                 epsilon=epsilon, mask=mask, axis_name=axis_name,
-                                 axis_index_groups=axis_index_groups, unbiased=unbiased)
-    return y, mean, var
-
-
-def _batch_norm(fn, x, scale, bias, *, reduction_axes, feature_axes, epsilon, mask=None,
-                axis_name=None, axis_index_groups=None, unbiased=False, fast_variance=False,
-                stats=None, dtype=None, stats_dtype=None):
-    """Batch-norm core shared with the modules: returns ``y, (mean, var)``.
-
-    ``stats``, when given, is a ``(mean, var)`` pair shaped like the feature
-    axes (running averages) used instead of the batch's statistics.
-    """
-    x = _as_float_array(x, fn=fn)
-    _check_epsilon(epsilon, fn=fn)
-    red = canonicalize_axes(x.ndim, reduction_axes, fn=fn, shape=x.shape)
-    feat = canonicalize_axes(x.ndim, feature_axes, fn=fn, name="feature axes", shape=x.shape)
-    feature_shape = tuple(x.shape[a] for a in feat)
-    target = tuple(n if i in feat else 1 for i, n in enumerate(x.shape))
-    scale = _param(scale, "scale", feature_shape, target, fn=fn)
-    bias = _param(bias, "bias", feature_shape, target, fn=fn)
-    cdtype = _stats_dtype(x.dtype) if stats_dtype is None else stats_dtype
-    if stats is None:
-        _check_nonempty(x.shape, red, fn=fn, name="axis")
-        mask = _broadcast_mask(mask, x.shape, fn=fn)
-        st = moments(x, red, mask=mask, fast_variance=fast_variance, axis_name=axis_name,
-                     axis_index_groups=axis_index_groups, dtype=cdtype)
-        if unbiased:
-            st = st._replace(var=st.var * st.count / jnp.maximum(st.count - 1, 1))
-    else:
-        mean, var = (jnp.asarray(s, cdtype).reshape(target) for s in stats)
-        st = Moments(mean, jnp.zeros_like(mean), var, jnp.ones_like(mean))
-    y = normalize(x, st, epsilon=epsilon, scale=scale, bias=bias, dtype=dtype)
-    mean = (st.shift + st.mean).reshape(feature_shape)
-    return y, (mean, st.var.reshape(feature_shape))
+    spec = NormSpec.batch("batch_norm", x, reduction_axes=axis, epsilon=epsilon,
+                          unbiased=unbiased, axis_name=axis_name,
+                          axis_index_groups=axis_index_groups)
+    y, st = spec.apply(x, scale, bias, mask=mask)
+    return (y, *spec.feature_stats(st))
 
 
 def weight_norm(v: Array, g: Array, *, axis: Axes | None = 0,
@@ -799,13 +723,13 @@ def weight_norm(v: Array, g: Array, *, axis: Axes | None = 0,
     Reference: Salimans & Kingma (2016), arXiv:1602.07868; Table 1 of Ba et al.
     """
     fn = "weight_norm"
-    v = _as_float_array(v, fn=fn, name="v")
-    _check_epsilon(epsilon, fn=fn)
+    v = checks.as_inexact_array(v, fn=fn, name="v")
+    checks.check_epsilon(epsilon, fn=fn)
     kept = () if axis is None else canonicalize_axes(v.ndim, axis, fn=fn, shape=v.shape)
     red = tuple(i for i in range(v.ndim) if i not in kept)
     feature_shape = tuple(v.shape[a] for a in kept)
     target = tuple(n if i in kept else 1 for i, n in enumerate(v.shape))
-    g = _param(g, "g", feature_shape, target, fn=fn)
-    vs = v.astype(_stats_dtype(v.dtype))
+    g = checks.feature_param(g, "g", feature_shape, target, fn=fn)
+    vs = v.astype(checks.stats_dtype(v.dtype))
     w = vs * lax.rsqrt(jnp.sum(vs * vs, axis=red, keepdims=True) + epsilon) * g
     return w.astype(v.dtype)

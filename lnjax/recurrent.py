@@ -60,6 +60,7 @@ Array = jax.Array
 Params = dict[str, Array]
 
 __all__ = [
+    "CellSpec",
     "GRUSpec",
     "param_initializers",
     "LSTMSpec",
@@ -114,8 +115,9 @@ def segment_layer_norm(v: Array, scale: Array | None, segments: tuple[int, ...],
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
-    """Options shared by the cells; ``gates`` is the number of H-blocks."""
+class CellSpec:
+    """What every LN cell spec holds (the base of :class:`LSTMSpec`, :class:`GRUSpec`,
+    :class:`SimpleSpec`); ``gates`` is the number of H-blocks."""
 
     features: int
     layer_norm: bool = True
@@ -188,7 +190,7 @@ class _Spec:
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMSpec(_Spec):
+class LSTMSpec(CellSpec):
     """LN-LSTM (Eqs. 20-22). Carry ``(c, h)``.
 
     Attributes:
@@ -225,7 +227,7 @@ class LSTMSpec(_Spec):
 
 
 @dataclasses.dataclass(frozen=True)
-class GRUSpec(_Spec):
+class GRUSpec(CellSpec):
     """LN-GRU (Eqs. 26-28). Carry ``h``.
 
     The kernels hold the gate part (z, r: 2H) and the candidate part (H) side
@@ -257,7 +259,7 @@ class GRUSpec(_Spec):
 
 
 @dataclasses.dataclass(frozen=True)
-class SimpleSpec(_Spec):
+class SimpleSpec(CellSpec):
     """LN-RNN (Eq. 4): ``h_t = tanh(LN(W_h h + W_x x; a) + b)``. Carry ``h``.
 
     The layer norm is over the sum of both paths, so only ``W_x x`` is
@@ -278,7 +280,7 @@ class SimpleSpec(_Spec):
         return new_h, new_h
 
 
-def param_initializers(spec: _Spec, in_features: int, *, kernel_init: Callable,
+def param_initializers(spec: CellSpec, in_features: int, *, kernel_init: Callable,
                        recurrent_kernel_init: Callable, bias_init: Callable
                        ) -> dict[str, tuple[tuple[int, ...], Callable]]:
     """``{name: (shape, init(key, shape, dtype))}`` for a cell's parameters.
@@ -311,7 +313,7 @@ def param_initializers(spec: _Spec, in_features: int, *, kernel_init: Callable,
 # --------------------------------------------------------------------------
 
 
-def hoisted_inputs(spec: _Spec, params: Params, xs: Array) -> Array:
+def hoisted_inputs(spec: CellSpec, params: Params, xs: Array) -> Array:
     """The input path for every time step at once: one ``(T*B, in) @ (in, G*H)`` matmul."""
     return spec.input_path(params, xs)
 
@@ -380,7 +382,7 @@ def check_sequence_rank(name: str, xs: Array) -> None:
                          f"(or (time, *batch, features) with time_major), got {xs.shape}.")
 
 
-def run_layer(spec: _Spec, params: Params, xs: Array, *, initial_carry: Any,
+def run_layer(spec: CellSpec, params: Params, xs: Array, *, initial_carry: Any,
               make_carry: Callable[[tuple[int, ...]], Any], defaults: Any,
               seq_lengths: Array | None = None, **overrides) -> Any:
     """The sequence layers' call: resolve options, make a carry if none is given, run.
@@ -436,7 +438,7 @@ def _varying_like(carry: Any, like: Any) -> Any:
     return jax.tree.map(cast, carry)
 
 
-def sequence(spec: _Spec, params: Params, xs: Array, carry: Any, *,
+def sequence(spec: CellSpec, params: Params, xs: Array, carry: Any, *,
              seq_lengths: Array | None = None, time_major: bool = False,
              reverse: bool = False, keep_order: bool = False,
              unroll: int = 1) -> tuple[Any, Array]:

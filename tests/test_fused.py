@@ -1,14 +1,12 @@
-"""The fused layer norm / RMS norm path (a custom_jvp with the analytic derivative).
+"""The row kernels of lnjax.kernels (layer/RMS norm as a custom_jvp with the analytic derivative).
 
-layer_norm, rms_norm and the LayerNorm/RMSNorm modules take the fused path
-when the normalized axes are the trailing axes, with no mask and no
-cross-device axis. These tests hold it against the float64 references, the
-generic path, and JAX's transformations in both modes.
+layer_norm, rms_norm and the LayerNorm/RMSNorm modules hand the work to a row
+kernel (the "fused path") when the normalized axes are the trailing axes, with
+no mask and no cross-device axis. These tests hold it against the float64
+references, the generic path, and JAX's transformations in both modes.
 """
 
 from __future__ import annotations
-
-import json
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +15,9 @@ import pytest
 from jax.test_util import check_grads
 
 import lnjax
+from lnjax import kernels
 from lnjax import linen as lnn
-from lnjax import normalization as N
+from lnjax.kernels import xla_cpu
 from tests import reference as ref
 
 
@@ -124,7 +123,7 @@ def test_gradients_exact_far_from_zero(shape):
     Both sizes: small arrays and large ones (from ``_SPLIT_USES_FROM``
     elements) take differently arranged kernels.
     """
-    assert (shape[0] * shape[1] >= N._SPLIT_USES_FROM) == (shape[0] == 128)
+    assert (shape[0] * shape[1] >= xla_cpu.SPLIT_USES_FROM) == (shape[0] == 128)
     x, scale, bias = _data(shape, offset=1e6, seed=3)
     dy = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
     y, vjp = jax.vjp(lambda v, s, b: lnjax.layer_norm(v, s, b), x, scale, bias)
@@ -240,31 +239,34 @@ def test_fused_path_reports_shape_errors_by_name():
         lnjax.layer_norm(jnp.ones((2, 4)), None, jnp.ones((2, 4)))
 
 
-def test_fused_applies_predicate():
-    x = jnp.ones((2, 3))
-    assert N._fused_applies(x, (1,), (1,), epsilon=1e-6, mask=None, fast_variance=False,
-                            axis_name=None)
-    assert not N._fused_applies(x, (1,), (1,), epsilon=jnp.float32(1e-6), mask=None,
-                                fast_variance=False, axis_name=None)
-    assert not N._fused_applies(x, (1,), (1,), epsilon=1e-6, mask=None, fast_variance=True,
-                                axis_name=None)
-    assert not N._fused_applies(x, (1,), (1,), epsilon=1e-6, mask=None, fast_variance=False,
-                                axis_name="batch")
+def test_kernel_applies_predicate():
+    def applies(shape=(2, 3), red=(1,), feat=(1,), **kw):
+        kw = {"epsilon": 1e-6, "masked": False, "fast_variance": False, "axis_name": None,
+              **kw}
+        return kernels.applies(shape, red, feat, **kw)
+
+    assert applies()
+    assert applies((2, 3, 4), (1, 2), (1, 2))
+    assert not applies(epsilon=jnp.float32(1e-6))
+    assert not applies(epsilon=True)
+    assert not applies(fast_variance=True)
+    assert not applies(axis_name="batch")
+    assert not applies(masked=True)
+    assert not applies(red=(0,), feat=(0,))  # not the trailing axes
+    assert not applies((2, 3, 4), (2,), (1, 2))  # parameters over other axes
+    assert not applies((0, 3))  # nothing to compute
 
 
-# ------------------------------------------------------- the benchmark script
-
-
-def test_benchmark_quick(tmp_path):
-    """``python -m benchmarks.run --quick --shapes tiny`` writes its three files."""
-    from benchmarks import run as bench
-
-    results = bench.run(quick=True, shapes="tiny", out=tmp_path, cases=["ln_fb"], progress=False)
-    for name in ("results.json", "results.md", "results.png"):
-        assert (tmp_path / name).stat().st_size > 0
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["machine"]["cores"] >= 1 and saved["quick"] is True
-    timed = [c for c in results["cases"] if "median_ms" in c]
-    assert timed and all({"lnjax", "flax", "copy"} <= set(c["median_ms"]) for c in timed)
-    assert all(r["value"] > 0 for c in timed for r in c["ratios"])
-    assert "| case |" in (tmp_path / "results.md").read_text()
+def test_every_implementation_keeps_the_contract():
+    """Each registered row kernel matches the float64 reference, layer and RMS norm."""
+    x, scale, bias = _data((8, 40), offset=1e4)
+    assert kernels.DEFAULT in kernels.IMPLEMENTATIONS
+    for name, impl in kernels.IMPLEMENTATIONS.items():
+        for centered, reference in ((True, ref.layer_norm), (False, ref.rms_norm)):
+            y = impl(jnp.asarray(x), jnp.asarray(scale), None if not centered else
+                     jnp.asarray(bias), epsilon=1e-6, centered=centered,
+                     out_dtype=jnp.float32)
+            assert y.dtype == jnp.float32, name
+            want = (reference(x, scale, bias, axis=-1, epsilon=1e-6) if centered else
+                    reference(x, scale, axis=-1, epsilon=1e-6))
+            np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5, err_msg=name)

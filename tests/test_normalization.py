@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import lnjax
-from lnjax.experiments import invariance
 from tests import reference as ref
 
 F32_TOL = dict(rtol=2e-5, atol=2e-5)
@@ -456,95 +455,3 @@ def test_gradient_far_from_zero_matches_reference_gradient():
     r = 1 / np.sqrt(xd.var(-1, keepdims=True) + 1e-6)
     expect = r * (w - w.mean(-1, keepdims=True) - xhat * (w * xhat).mean(-1, keepdims=True))
     np.testing.assert_allclose(g, expect, rtol=1e-4, atol=1e-4)
-
-
-# ------------------------------------------------------- the paper's Table 1
-
-
-def test_table1_invariances_both_directions():
-    """Invariant where the paper says so (change ~1e-6), measurably not elsewhere."""
-    table = invariance.invariance_table(seed=0)
-    for method, row in invariance.PAPER_TABLE1.items():
-        for name, invariant in zip(invariance.TRANSFORMS, row):
-            change = table[method][name]
-            if invariant:
-                assert change < 1e-4, f"{method} should be invariant to {name}: {change}"
-            else:
-                assert change > 1e-1, f"{method} should change under {name}: {change}"
-
-
-def test_table1_normalized_summed_inputs_rejects_unknown_method():
-    with pytest.raises(ValueError, match="unknown method 'group norm'"):
-        invariance.normalized_summed_inputs("group norm", jnp.ones((2, 2)), jnp.ones((2, 2)))
-
-
-def test_table1_formatting_reports_agreement():
-    text = invariance.format_table(invariance.invariance_table(seed=1))
-    assert "18 of 18 cells agree" in text
-
-
-# ------------------------------------------------------- cross-device statistics
-
-
-def _shard_map(f, mesh, in_specs, out_specs):
-    """jit(shard_map(f)) that first places its inputs along the mesh."""
-    from jax.sharding import NamedSharding
-    mapped = jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
-    specs = in_specs if isinstance(in_specs, tuple) else (in_specs,)
-
-    def run(*args):
-        return mapped(*(jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs)))
-    return run
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    if jax.device_count() < 8:
-        pytest.fail("the cross-device tests need 8 devices: XLA_FLAGS="
-                    "--xla_force_host_platform_device_count=8 (tests/conftest.py sets it)")
-    return jax.make_mesh((8,), ("data",))
-
-
-def test_synchronized_batch_norm_equals_whole_batch(mesh):
-    from jax.sharding import PartitionSpec as P
-    x = (1e4 + np.random.default_rng(0).standard_normal((32, 5))).astype(np.float32)
-
-    def per_device(xs):
-        y, mean, var = lnjax.batch_norm(xs, axis_name="data")
-        return y, mean, var
-
-    y, mean, var = _shard_map(per_device, mesh, P("data"), (P("data"), P(), P()))(x)
-    ry, rmean, rvar = ref.batch_norm(x)
-    np.testing.assert_allclose(y, ry, **F32_TOL)
-    np.testing.assert_allclose(mean, rmean, rtol=1e-7)
-    np.testing.assert_allclose(var, rvar, rtol=1e-5)
-
-
-def test_synchronized_batch_norm_with_uneven_masks(mesh):
-    """Devices counting different numbers of examples give the whole batch's statistics."""
-    from jax.sharding import PartitionSpec as P
-    rng = np.random.default_rng(1)
-    x = (rng.standard_normal((32, 3)) * 2 + 5).astype(np.float32)
-    mask = np.zeros((32, 1), bool)
-    for d, n in enumerate([4, 1, 0, 3, 2, 4, 4, 1]):  # real examples per device of 4
-        mask[4 * d:4 * d + n] = True
-
-    def per_device(xs, ms):
-        return lnjax.batch_norm(xs, mask=ms, axis_name="data")
-
-    y, mean, var = _shard_map(per_device, mesh, (P("data"), P("data")),
-                              (P("data"), P(), P()))(x, mask)
-    ry, rmean, rvar = ref.batch_norm(x, mask=mask)
-    np.testing.assert_allclose(mean, rmean, rtol=1e-6)
-    np.testing.assert_allclose(var, rvar, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(y)[mask[:, 0]], ry[mask[:, 0]], **F32_TOL)
-
-
-def test_per_device_batch_norm_uses_each_slice(mesh):
-    """Without axis_name each device normalizes its own slice ("ghost" batch norm)."""
-    from jax.sharding import PartitionSpec as P
-    x = np.random.default_rng(2).standard_normal((32, 3)).astype(np.float32)
-    y = _shard_map(lambda xs: lnjax.batch_norm(xs)[0], mesh, P("data"), P("data"))(x)
-    expect = np.concatenate([ref.batch_norm(x[4 * d:4 * d + 4])[0] for d in range(8)])
-    np.testing.assert_allclose(y, expect, **F32_TOL)
-    assert np.max(np.abs(np.asarray(y) - ref.batch_norm(x)[0])) > 0.1
