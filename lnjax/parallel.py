@@ -1,34 +1,42 @@
 """Data-parallel training on a device mesh, with cross-device batch norm.
 
+Imports :mod:`lnjax.steps` (the step and the epoch scan it runs on every
+device) and no other lnjax module; :mod:`lnjax.training` (the fit loop)
+imports this one.
+
 Layer norm needs no communication between devices: each case is normalized
 over its own summed inputs. Batch norm does, or it silently becomes "ghost"
 batch norm over each device's slice of the batch. This module builds on JAX's
-own SPMD machinery (a :func:`jax.make_mesh` mesh, ``shard_map``, and
-:func:`jax.make_array_from_process_local_data` for multi-host input):
+own SPMD machinery (a :func:`jax.make_mesh` mesh, ``shard_map``, and global
+arrays assembled from each host's own devices' slices):
 
-* :func:`make_mesh` -- a 1-D ``"data"`` mesh over the first N devices.
+* :func:`make_mesh` -- a 1-D mesh over the first N devices (axis ``"data"``
+  unless named otherwise).
 * :func:`replicate`, :func:`shard` -- parameters replicated, batches split along
-  the mesh (each host passes its own part of the batch).
+  the mesh (for :func:`shard`, each host passes its own part of the batch).
 * :func:`host_shard` -- this host's contiguous share of a data set.
 * :func:`pad_for_devices` -- a global batch that does not divide by the device
   count is padded with weight-0 examples, and the batch-norm statistics are
   masked so the padding counts for nothing (exact, however uneven).
 * :func:`train_epoch` -- a whole epoch as one ``lax.scan`` of
-  :func:`lnjax.training.train_step` inside ``shard_map``: gradients and loss
-  sums ``psum``-ed over the mesh, running statistics ``pmean``-ed, the state
-  replicated.
+  :func:`lnjax.steps.train_step` inside ``shard_map``: every host passes the
+  same global batches and places its own devices' share; gradients summed
+  over the mesh's axis (once: ``shard_map`` differentiates the replicated
+  parameters to the summed gradient), loss sums ``psum``-ed, running
+  statistics ``pmean``-ed, the state replicated.
 
 Batch norm is synchronized when the model's batch-norm layers carry
-``axis_name=AXIS`` (their statistics are then merged across the mesh with
-Chan's formula, each device weighted by its number of real examples), and
-per-device ("ghost") when they carry ``axis_name=None``; the experiments
-switch with ``--per-device-bn``.
+``axis_name`` equal to the mesh's axis name (``AXIS`` for :func:`make_mesh`'s
+default; their statistics are then merged across the mesh with Chan's formula,
+each device weighted by its number of real examples), and per-device ("ghost")
+when they carry ``axis_name=None``; the experiments switch with
+``--per-device-bn``. A model that masks its batch norm says so with
+``create_train_state(..., takes_mask=True)``.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +46,10 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lnjax import training
+from lnjax import steps
 
 AXIS = "data"
-"""The name of the mesh axis the batch is split along."""
+"""The default name of the mesh axis the batch is split along (:func:`make_mesh`)."""
 
 
 def make_mesh(num_devices: int | None = None, *, axis_name: str = AXIS) -> jax.sharding.Mesh:
@@ -113,80 +121,98 @@ def pad_for_devices(xb: Any, yb: Any, num_devices: int) -> tuple[np.ndarray, ...
       :class:`lnjax.linen.BatchNorm` given ``mask`` ignore the padding.
     """
     xb, yb = np.asarray(xb), np.asarray(yb)
-    steps, b = yb.shape[:2]
+    n_steps, b = yb.shape[:2]
     padded = -(-b // num_devices) * num_devices
-    wb = np.zeros((steps, padded), np.float32)
+    wb = np.zeros((n_steps, padded), np.float32)
     wb[:, :b] = 1
     if padded == b:
         return xb, yb, wb
     pad = padded - b
-    xb = np.concatenate([xb, np.zeros((steps, pad) + xb.shape[2:], xb.dtype)], 1)
-    yb = np.concatenate([yb, np.zeros((steps, pad) + yb.shape[2:], yb.dtype)], 1)
+    xb = np.concatenate([xb, np.zeros((n_steps, pad) + xb.shape[2:], xb.dtype)], 1)
+    yb = np.concatenate([yb, np.zeros((n_steps, pad) + yb.shape[2:], yb.dtype)], 1)
     return xb, yb, wb
 
 
-def accepts_mask(state: training.TrainState) -> bool:
-    """Whether the model's ``__call__`` takes a ``mask`` keyword (for masked batch norm)."""
-    module = getattr(state.apply_fn, "__self__", None)
-    if module is None:
-        return False
-    return "mask" in inspect.signature(type(module).__call__).parameters
+def _global_array(tree: Any, mesh: jax.sharding.Mesh, *, axis: int) -> Any:
+    """Global arrays split along ``axis`` over ``mesh``, from the whole arrays every host holds.
 
+    Each host places only the slices its own devices hold
+    (:func:`jax.make_array_from_callback`), so this host's share is taken
+    whatever the order of the mesh's devices.
+    """
+    spec = P(*([None] * axis + [mesh.axis_names[0]]))
+    sharding = NamedSharding(mesh, spec)
 
-def _psum(tree):
-    return lax.psum(tree, AXIS)
+    def place(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(place, tree)
 
 
 @functools.lru_cache(maxsize=32)
-def _epoch_fn(mesh: jax.sharding.Mesh, masked: bool, report: Callable | None,
-              report_every: int):
-    def local_epoch(state, batches):
-        state, metrics = training.scan_epoch(
-            state, batches, grad_reduce=_psum, pass_mask=masked, report=report,
-            report_every=report_every, report_when=lambda: lax.axis_index(AXIS) == 0,
-            sync=lambda s: s.replace(batch_stats=lax.pmean(s.batch_stats, AXIS)))
-        return state, metrics
+def _epoch_fn(mesh: jax.sharding.Mesh, report: Callable | None, report_every: int):
+    axis = mesh.axis_names[0]
 
-    batch_spec = P(None, mesh.axis_names[0])
-    fn = jax.shard_map(local_epoch, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()))
+    def total(tree):
+        # With check_vma, shard_map differentiates the replicated parameters to their
+        # gradient already summed over the mesh (a psum would multiply it by the device
+        # count); the per-device loss, error and weight sums are summed here.
+        grads, *sums = tree
+        return (grads, *lax.psum(tuple(sums), axis))
+
+    def local_epoch(state, batches):
+        return steps.scan_epoch(
+            state, batches, grad_reduce=total, report=report,
+            report_every=report_every, report_when=lambda: lax.axis_index(axis) == 0,
+            sync=lambda s: s.replace(batch_stats=lax.pmean(s.batch_stats, axis)))
+
+    batch_spec = P(None, axis)
+    fn = jax.shard_map(local_epoch, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()),
+                       check_vma=True)
     return jax.jit(fn, donate_argnums=0)
 
 
-def train_epoch(state: training.TrainState, xb: Any, yb: Any, mesh: jax.sharding.Mesh, *,
+def train_epoch(state: steps.TrainState, xb: Any, yb: Any, mesh: jax.sharding.Mesh, *,
                 report: Callable | None = None,
-                report_every: int = 1000) -> tuple[training.TrainState, dict[str, jax.Array]]:
-    """:func:`lnjax.training.train_epoch`, data-parallel over ``mesh``.
+                report_every: int = 1000) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+    """:func:`lnjax.steps.train_epoch`, data-parallel over ``mesh``.
 
-    Each step's global batch (axis 1 of ``xb``/``yb``) is split over the
-    devices; a batch that does not divide by the device count is padded and
-    masked (the model must then take ``mask``, as :class:`lnjax.linen.BatchNorm`
-    does, if it has batch norm). The result equals the single-device epoch on
+    Every host passes the same global batches; each step's global batch (axis 1
+    of ``xb``/``yb``) is split over the mesh's devices, and each host places
+    only its own devices' share (with one host: all of it). A batch that does
+    not divide by the device count is padded with weight-0 examples; if the
+    model has batch norm, it must then take ``mask`` (as
+    :class:`lnjax.linen.BatchNorm` does) and the state must be created with
+    ``takes_mask=True``, or this raises a ``ValueError``. The gradients and loss
+    sums are summed and the running statistics averaged over the mesh's axis,
+    whatever its name. The result equals the single-device epoch on
     the whole batch, up to the order of floating-point sums.
 
     Args:
-      state: a :class:`~lnjax.training.TrainState` (replicated here; donated).
-      xb, yb: ``(steps, batch, ...)`` inputs and ``(steps, batch)`` labels: the
-        global batches (one host) or this host's part of them (several hosts).
-      mesh: from :func:`make_mesh`.
-      report, report_every: progress callback, called from device 0 only.
+      state: a :class:`~lnjax.steps.TrainState` (replicated here; donated).
+      xb: ``(steps, batch, ...)`` inputs: the global batches, the same on every host.
+      yb: ``(steps, batch)`` integer labels, likewise global.
+      mesh: a 1-D mesh, e.g. from :func:`make_mesh` (any axis name).
+      report: optional progress callback (see :func:`lnjax.steps.train_epoch`),
+        called from the mesh's first device only.
+      report_every: steps between calls of ``report``.
 
     Returns:
       ``(state, {"loss", "error"})`` with per-step global means.
     """
-    training._check_epoch(xb, yb)
-    n = len(mesh.local_devices)  # this host's devices: xb holds this host's part
+    steps.check_epoch_shapes(xb, yb)
+    n, batch = mesh.devices.size, np.shape(yb)[1]
     xb, yb, wb = pad_for_devices(xb, yb, n)
-    masked = not bool(wb.all())
-    if masked and not accepts_mask(state):
-        if state.batch_stats:
-            raise ValueError(
-                f"train_epoch: a batch of {np.shape(yb)[1]} does not divide over {n} devices "
-                "and the model has batch norm but its __call__ takes no `mask`: the padding "
-                "would enter the statistics. Choose a batch size divisible by the device "
-                "count, or accept `mask` and pass it to BatchNorm.")
-        masked = False  # no batch statistics: the weights alone keep the padding out
-    batches = {"x": xb, "y": yb, "weight": wb}
-    batches = shard(batches, mesh, axis=1)
+    if not wb.all() and not state.takes_mask and state.batch_stats:
+        raise ValueError(
+            f"train_epoch: a batch of {batch} does not divide over {n} devices "
+            "and the model has batch norm but its state was created without "
+            "`takes_mask=True`: the padding would enter the statistics. Choose a batch size "
+            "divisible by the device count, or give the model's __call__ a `mask` that it "
+            "passes to BatchNorm and create the state with `takes_mask=True`.")
+    # Without a mask and without batch statistics, the weights alone keep the padding out.
+    batches = _global_array({"x": xb, "y": yb, "weight": wb}, mesh, axis=1)
     state = replicate(state, mesh)
-    fn = _epoch_fn(mesh, masked, report, max(1, int(report_every)))
+    fn = _epoch_fn(mesh, report, max(1, int(report_every)))
     return fn(state, batches)

@@ -1,4 +1,5 @@
-"""Tests for lnjax.training: steps, the epoch scan, evaluation, checkpoints and resuming."""
+"""Tests for lnjax.training (and lnjax.steps and lnjax.checkpoint beneath it): steps, the
+epoch scan, evaluation, checkpoints and resuming."""
 
 import flax.linen as nn
 import jax
@@ -7,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
+from lnjax import checkpoint, steps, training
 from lnjax import linen as lnn
-from lnjax import training
 
 
 class Net(nn.Module):
@@ -40,13 +41,29 @@ X, Y = toy_data(96)
 XV, YV = toy_data(40, seed=1)
 
 
-def new_state(seed=0, bn=True, lr=0.05):
-    return training.create_train_state(Net(bn=bn), optax.adam(lr), X[:1], seed=seed)
+def new_state(seed=0, bn=True, lr=0.05, takes_mask=False):
+    return training.create_train_state(Net(bn=bn), optax.adam(lr), X[:1], seed=seed,
+                                       takes_mask=takes_mask)
 
 
 def assert_trees_equal(a, b, atol=0.0):
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=atol, rtol=0)
+
+
+def assert_padding_equals_dropping(state, x, y, w):
+    """One step on ``(x, y)`` with weights ``w`` equals one on the examples with ``w > 0``.
+
+    Returns the state after the step on the kept examples.
+    """
+    step = jax.jit(training.train_step)
+    s_w, m_w = step(state, {"x": x, "y": y, "weight": w})
+    keep = w > 0
+    s_d, m_d = step(state, {"x": x[keep], "y": y[keep]})
+    np.testing.assert_allclose(m_w["loss"], m_d["loss"], rtol=1e-6)
+    assert_trees_equal(s_w.params, s_d.params, atol=1e-6)
+    assert_trees_equal(s_w.batch_stats, s_d.batch_stats, atol=1e-6)
+    return s_d
 
 
 def test_create_train_state_has_batch_stats():
@@ -66,15 +83,84 @@ def test_train_step_updates_params_and_batch_stats():
     assert not np.allclose(s2.params["Dense_0"]["kernel"], s.params["Dense_0"]["kernel"])
 
 
+def test_training_re_exports_the_step_level_names():
+    """lnjax.training keeps its whole public API; the objects live in steps and checkpoint."""
+    for name in ("TrainState", "create_train_state", "train_step", "eval_step", "scan_epoch",
+                 "train_epoch", "evaluate"):
+        assert getattr(training, name) is getattr(steps, name), name
+    assert training.Checkpointer is checkpoint.Checkpointer
+    assert callable(training.fit)
+
+
+def test_takes_mask_is_a_static_flag_outside_the_pytree():
+    plain, masked = new_state(), new_state(takes_mask=True)
+    assert plain.takes_mask is False and masked.takes_mask is True
+    # Not a leaf: the arrays, and so the checkpoint tree, are the same with and without it.
+    assert len(jax.tree.leaves(plain)) == len(jax.tree.leaves(masked))
+    assert_trees_equal(jax.tree.leaves(plain), jax.tree.leaves(masked))
+    assert jax.tree.structure(plain) != jax.tree.structure(masked)  # static: part of the treedef
+    with pytest.raises(TypeError, match="takes_mask"):
+        new_state(takes_mask=1)
+
+
+def test_train_step_passes_mask_exactly_when_the_state_says_so():
+    seen = []
+
+    class Probe(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train, mask=None):
+            seen.append(None if mask is None else (mask.shape, mask.dtype))
+            return nn.Dense(3)(x)
+
+    w = np.array([1, 1, 0, 1], np.float32)
+    for takes_mask in (False, True):
+        s = training.create_train_state(Probe(), optax.sgd(0.1), X[:1], seed=0,
+                                        takes_mask=takes_mask)
+        seen.clear()
+        training.train_step(s, {"x": X[:4], "y": Y[:4], "weight": w})
+        assert seen == ([((4, 1), jnp.bool_)] if takes_mask else [None])
+
+
+def test_masked_padding_equals_dropping_examples_with_batch_norm():
+    """With takes_mask, padded examples enter neither the loss nor batch norm's statistics."""
+    w = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+    s_d = assert_padding_equals_dropping(new_state(takes_mask=True), X[:8], Y[:8], w)
+    # Without the flag the padding does enter the statistics: the check can fail.
+    s_u, _ = jax.jit(training.train_step)(new_state(), {"x": X[:8], "y": Y[:8], "weight": w})
+    assert not np.allclose(s_u.batch_stats["BatchNorm_0"]["mean"],
+                           s_d.batch_stats["BatchNorm_0"]["mean"], atol=1e-6)
+
+
+class FeatureMapNet(nn.Module):
+    """Batch norm over every axis but the channels of an image or a sequence, with a mask."""
+
+    @nn.compact
+    def __call__(self, x, *, train, mask=None):
+        x = nn.Dense(4, use_bias=False)(x)
+        x = lnn.BatchNorm(use_running_average=not train, momentum=0.9)(x, mask=mask)
+        x = nn.relu(x).mean(axis=tuple(range(1, x.ndim - 1)))
+        return nn.Dense(3)(x)
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 2), (7, 3)], ids=["image", "sequence"])
+def test_example_mask_broadcasts_over_images_and_sequences(shape):
+    """The mask is (batch,) + (1,) * (x.ndim - 1): padded images/sequences are left out."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(8,) + shape).astype(np.float32) + 2
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    w = np.array([1, 1, 1, 0, 1, 1, 0, 0], np.float32)
+    s = training.create_train_state(FeatureMapNet(), optax.adam(0.05), x[:1], seed=0,
+                                    takes_mask=True)
+    assert_padding_equals_dropping(s, x, y, w)
+    mask = steps.example_mask({"x": x, "y": y, "weight": w})
+    assert mask.shape == (8,) + (1,) * len(shape)
+    assert mask.ravel().tolist() == (w > 0).tolist()
+
+
 def test_train_step_weights_equal_dropping_examples():
     """Padding with weight 0 changes neither the loss nor the gradient (no batch norm)."""
-    s = new_state(bn=False)
     w = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
-    step = jax.jit(training.train_step)
-    s_w, m_w = step(s, {"x": X[:8], "y": Y[:8], "weight": w})
-    s_d, m_d = step(s, {"x": X[:5], "y": Y[:5]})
-    np.testing.assert_allclose(m_w["loss"], m_d["loss"], rtol=1e-6)
-    assert_trees_equal(s_w.params, s_d.params, atol=1e-6)
+    assert_padding_equals_dropping(new_state(bn=False), X[:8], Y[:8], w)
 
 
 def test_epoch_scan_equals_python_loop_of_steps():
@@ -169,3 +255,16 @@ def test_checkpointer_roundtrip_and_errors(tmp_path):
     assert int(restored.step) == 12
     assert_trees_equal(restored.params, s.params)
     assert_trees_equal(restored.opt_state, s.opt_state)
+
+
+def test_checkpoint_tree_is_unchanged_by_takes_mask(tmp_path):
+    """A checkpoint saved without the flag restores into a state with it, and back."""
+    s, _ = training.train_epoch(new_state(), X.reshape(12, 8, 6), Y.reshape(12, 8))
+    ckpt = training.Checkpointer(tmp_path)
+    ckpt.save(1, s, {"epoch": [1]})
+    restored, _ = ckpt.restore(new_state(takes_mask=True))
+    ckpt.close()
+    assert restored.takes_mask is True  # from the template: the flag is not saved
+    assert int(restored.step) == 12
+    assert_trees_equal((restored.params, restored.batch_stats, restored.opt_state),
+                       (s.params, s.batch_stats, s.opt_state))
