@@ -34,7 +34,24 @@ fusions:
   reduction with nothing after it that a consumer could recompute and round
   differently, so every use sees one value.
 
-The measured effect of each is recorded in :data:`MEASURED`.
+Measured effect of the first two (one switch, ``SPLIT_USES_FROM``, turns both
+on; set it beyond the array size to turn them off), f32, scale and bias,
+medians of 15 interleaved rounds on the 2-core x86-64 CPU, jax 0.10.2
+(2026-11-26):
+
+==============  =======  ==========  ===========  ==========
+shape           pass     tricks on   tricks off   off / on
+==============  =======  ==========  ===========  ==========
+4096 x 1024     fwd       2.41 ms     2.32 ms      0.97
+4096 x 1024     fwd+bwd   9.21 ms    24.49 ms      2.66
+16384 x 256     fwd       2.52 ms     2.52 ms      1.00
+16384 x 256     fwd+bwd   8.02 ms    23.21 ms      2.89
+1024 x 8192     fwd      19.80 ms    20.39 ms      1.03
+1024 x 8192     fwd+bwd  31.27 ms    52.49 ms      1.68
+==============  =======  ==========  ===========  ==========
+
+They leave the forward pass as it is and make the backward 1.7-2.9x faster,
+so they stay for XLA:CPU.
 """
 
 from __future__ import annotations
