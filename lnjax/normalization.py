@@ -482,12 +482,11 @@ class NormSpec:
         group_shape = self.shape[:-1] + (self.num_groups, channels // self.num_groups)
         # Reduce over the chosen axes and over the channels within each group.
         axes = tuple(a for a in self.reduction_axes if a != ndim - 1) + (ndim,)
-        st = moments(x.reshape(group_shape), axes,
-                     mask=None if mask is None else mask.reshape(group_shape),
+        xg = x.reshape(group_shape)
+        st = moments(xg, axes, mask=None if mask is None else mask.reshape(group_shape),
                      fast_variance=self.fast_variance, axis_name=self.axis_name,
                      axis_index_groups=self.axis_index_groups, dtype=self.stats_dtype)
-        y = normalize(x.reshape(group_shape), st, epsilon=self.epsilon,
-                      dtype=self.stats_dtype).reshape(self.shape)
+        y = normalize(xg, st, epsilon=self.epsilon, dtype=self.stats_dtype).reshape(self.shape)
         if scale is not None:
             y = y * scale
         if bias is not None:
