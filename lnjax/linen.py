@@ -60,7 +60,9 @@ class LayerNorm(nn.LayerNorm):
     ``y = scale * (x - mean) / sqrt(var + epsilon) + bias`` with the
     statistics over ``reduction_axes`` and the parameters over
     ``feature_axes``. Same attributes as flax's; ``use_fast_variance``
-    defaults to ``False`` (exact, mean-shifted statistics).
+    defaults to ``False`` (exact, mean-shifted statistics). Beyond flax:
+    ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks the row kernel
+    of :mod:`lnjax.kernels`; it changes no parameter.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -73,6 +75,7 @@ class LayerNorm(nn.LayerNorm):
     """
 
     use_fast_variance: bool = False
+    implementation: str | None = None
 
     @nn.compact
     def __call__(self, x, *, mask: jax.Array | None = None):
@@ -81,7 +84,8 @@ class LayerNorm(nn.LayerNorm):
             "LayerNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
             epsilon=self.epsilon, fast_variance=self.use_fast_variance,
             axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            stats_dtype=_stats_dtype(self, x), arg_names=("reduction_axes", "feature_axes"))
+            stats_dtype=_stats_dtype(self, x), implementation=self.implementation,
+            arg_names=("reduction_axes", "feature_axes"))
         scale, bias = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
                                   use_bias=self.use_bias)
         dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
@@ -92,6 +96,8 @@ class RMSNorm(nn.RMSNorm):
     """RMS normalization, a drop-in for ``flax.linen.RMSNorm``.
 
     ``y = scale * x / sqrt(mean(x**2) + epsilon)`` over ``reduction_axes``.
+    Beyond flax: ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks
+    the row kernel of :mod:`lnjax.kernels`; it changes no parameter.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -103,6 +109,7 @@ class RMSNorm(nn.RMSNorm):
     """
 
     use_fast_variance: bool = False
+    implementation: str | None = None
 
     @nn.compact
     def __call__(self, x, *, mask: jax.Array | None = None):
@@ -111,7 +118,7 @@ class RMSNorm(nn.RMSNorm):
             "RMSNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
             epsilon=self.epsilon, centered=False, axis_name=self.axis_name,
             axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self, x),
-            arg_names=("reduction_axes", "feature_axes"))
+            implementation=self.implementation, arg_names=("reduction_axes", "feature_axes"))
         scale, _ = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
                                use_bias=False)
         dtype = dtypes.canonicalize_dtype(x, scale, dtype=self.dtype)

@@ -61,6 +61,9 @@ def _stats_dtype(dtype: Any, x: jax.Array) -> Any:
 class LayerNorm(nnx.LayerNorm):
     """Layer normalization (Ba, Kiros & Hinton 2016), a drop-in for ``flax.nnx.LayerNorm``.
 
+    Beyond flax: ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks the
+    row kernel of :mod:`lnjax.kernels`; it changes no parameter.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
@@ -71,8 +74,10 @@ class LayerNorm(nnx.LayerNorm):
       [-1.225, 0.0, 1.225]
     """
 
-    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False,
+                 implementation: str | None = None, **kwargs):
         super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
+        self.implementation = implementation
 
     def __call__(self, x, *, mask: jax.Array | None = None):
         """Normalizes ``x``; ``mask`` selects the positions the statistics count."""
@@ -83,12 +88,16 @@ class LayerNorm(nnx.LayerNorm):
             "LayerNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
             epsilon=self.epsilon, fast_variance=self.use_fast_variance,
             axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            stats_dtype=_stats_dtype(self.dtype, x), arg_names=("reduction_axes", "feature_axes"))
+            stats_dtype=_stats_dtype(self.dtype, x), implementation=self.implementation,
+            arg_names=("reduction_axes", "feature_axes"))
         return spec.apply(x, _shaped(scale, spec), _shaped(bias, spec), mask=mask)[0]
 
 
 class RMSNorm(nnx.RMSNorm):
     """RMS normalization, a drop-in for ``flax.nnx.RMSNorm``.
+
+    Beyond flax: ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks the
+    row kernel of :mod:`lnjax.kernels`; it changes no parameter.
 
     Example:
       >>> import jax.numpy as jnp
@@ -99,8 +108,10 @@ class RMSNorm(nnx.RMSNorm):
       [0.8485, 1.1314]
     """
 
-    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False,
+                 implementation: str | None = None, **kwargs):
         super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
+        self.implementation = implementation
 
     def __call__(self, x, mask: jax.Array | None = None):
         """RMS-normalizes ``x``; ``mask`` selects the positions counted."""
@@ -110,7 +121,7 @@ class RMSNorm(nnx.RMSNorm):
             "RMSNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
             epsilon=self.epsilon, centered=False, axis_name=self.axis_name,
             axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self.dtype, x),
-            arg_names=("reduction_axes", "feature_axes"))
+            implementation=self.implementation, arg_names=("reduction_axes", "feature_axes"))
         return spec.apply(x, _shaped(scale, spec), mask=mask)[0]
 
 

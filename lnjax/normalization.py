@@ -57,6 +57,7 @@ from jax import lax
 from lnjax import _checks as checks
 from lnjax import kernels
 from lnjax._checks import canonicalize_axes
+from lnjax._numerics import abs2, round_off
 
 Array = jax.Array
 Axes = int | Sequence[int]
@@ -143,12 +144,12 @@ def moments(x: Array, axes: tuple[int, ...], *, mask: Array | None = None,
         # in some fusions and not in others, which would centre the sums and
         # the output on different shifts.
         shift = jnp.sum(masked(x), axes, keepdims=True) / safe_count
-        shift = lax.stop_gradient(_round_off(shift))
+        shift = lax.stop_gradient(round_off(shift))
     else:
         shift = jnp.zeros_like(safe_count, dtype=cdtype)
     d = masked(x - shift)
     s1 = jnp.sum(d, axes, keepdims=True) if centered else jnp.zeros_like(shift)
-    s2 = jnp.sum(_abs2(d), axes, keepdims=True)
+    s2 = jnp.sum(abs2(d), axes, keepdims=True)
 
     if axis_name is not None:
         shift, s1, s2, count = _merge_across_devices(shift, s1, s2, count, axis_name,
@@ -157,23 +158,8 @@ def moments(x: Array, axes: tuple[int, ...], *, mask: Array | None = None,
     mean = s1 / safe_count
     var = s2 / safe_count
     if centered:
-        var = jnp.maximum(var - _abs2(mean), 0)
+        var = jnp.maximum(var - abs2(mean), 0)
     return Moments(shift, mean, var, count)
-
-
-def _abs2(v: Array) -> Array:
-    """``|v|**2``: ``v * v`` for real ``v``, real for complex ``v``."""
-    if jnp.iscomplexobj(v):
-        return v.real * v.real + v.imag * v.imag
-    return v * v
-
-
-def _round_off(v: Array, bits: int = 4) -> Array:
-    """``v`` rounded to ``bits`` fewer mantissa bits than its dtype holds."""
-    if jnp.iscomplexobj(v):
-        return lax.complex(_round_off(v.real, bits), _round_off(v.imag, bits))
-    info = jnp.finfo(v.dtype)
-    return lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant - bits)
 
 
 def _kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
@@ -196,11 +182,11 @@ def _merge_across_devices(shift, s1, s2, count, axis_name, axis_index_groups):
         return tuple(lax.psum(jnp.stack(vs), axis_name, axis_index_groups=axis_index_groups))
 
     total, weighted = psum(count, count * shift)
-    common = _round_off(weighted / jnp.maximum(total, 1))
+    common = round_off(weighted / jnp.maximum(total, 1))
     delta = shift - common  # exact: both lie close to the data
     # sum |d + delta|^2 = s2 + 2 Re(conj(delta) s1) + n |delta|^2
     cross = delta * s1 if not jnp.iscomplexobj(delta) else (jnp.conj(delta) * s1).real
-    g1, g2 = psum(s1 + count * delta, s2 + 2 * cross + count * _abs2(delta))
+    g1, g2 = psum(s1 + count * delta, s2 + 2 * cross + count * abs2(delta))
     return common, g1, g2, total
 
 
@@ -279,6 +265,7 @@ class NormSpec:
     axis_index_groups: Any = None
     num_groups: int | None = None  # group norm: the last axis split into groups
     unbiased: bool = False  # batch norm: n/(n-1) * var
+    implementation: str | None = None  # the row kernel (see lnjax.kernels), where one applies
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -296,15 +283,18 @@ class NormSpec:
     def layer(cls, name: str, x: Any, *, reduction_axes: Axes, feature_axes: Axes,
               epsilon: Any, centered: bool = True, fast_variance: bool = False,
               axis_name: Any = None, axis_index_groups: Any = None, stats_dtype: Any = None,
+              implementation: str | None = None,
               arg_names: tuple[str, str] = ("axis", "axis")) -> NormSpec:
         """Layer norm (``centered``) or RMS norm: statistics over ``reduction_axes``.
 
         ``arg_names`` are the user-facing names of the two axis arguments
         (``("axis", "axis")`` for the functions, ``("reduction_axes",
-        "feature_axes")`` for the modules).
+        "feature_axes")`` for the modules). ``implementation`` picks the row
+        kernel (:mod:`lnjax.kernels`) where one applies.
         """
         x = checks.as_inexact_array(x, fn=name)
         checks.check_epsilon(epsilon, fn=name)
+        kernels.check_implementation(implementation, fn=name)
         red = canonicalize_axes(x.ndim, reduction_axes, fn=name, name=arg_names[0],
                                 shape=x.shape)
         checks.check_nonempty(x.shape, red, fn=name, name=arg_names[0])
@@ -312,7 +302,7 @@ class NormSpec:
                                  shape=x.shape)
         return cls(name, x.shape, x.dtype, red, feat, epsilon, _stats(x, stats_dtype),
                    centered=centered, fast_variance=fast_variance, axis_name=axis_name,
-                   axis_index_groups=axis_index_groups)
+                   axis_index_groups=axis_index_groups, implementation=implementation)
 
     @classmethod
     def instance(cls, name: str, x: Any, *, feature_axes: Axes = -1, epsilon: Any,
@@ -436,12 +426,12 @@ class NormSpec:
                                     epsilon=self.epsilon, masked=mask is not None,
                                     axis_name=self.axis_name, fast_variance=self.fast_variance)):
             width = math.prod(fshape)
-            scale, bias = (None if p is None else p.astype(self.stats_dtype) for p in (
-                checks.feature_param(scale, "scale", fshape, (width,), fn=fn),
-                checks.feature_param(bias, "bias", fshape, (width,), fn=fn)))
-            y = kernels.row_norm(x.reshape(-1, width).astype(self.stats_dtype), scale, bias,
-                                 epsilon=float(self.epsilon), centered=self.centered,
-                                 out_dtype=jnp.dtype(out_dtype))
+            y = kernels.row_norm(
+                x.reshape(-1, width), checks.feature_param(scale, "scale", fshape, (width,), fn=fn),
+                checks.feature_param(bias, "bias", fshape, (width,), fn=fn),
+                epsilon=float(self.epsilon), centered=self.centered,
+                stats_dtype=self.stats_dtype, out_dtype=jnp.dtype(out_dtype),
+                implementation=self.implementation)
             return y.reshape(self.shape), None
         target = self.target_shape
         scale = checks.feature_param(scale, "scale", fshape, target, fn=fn)
@@ -499,7 +489,8 @@ def _stats(x: Array, stats_dtype: Any) -> Any:
 
 
 def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
-               axis: Axes = -1, epsilon: float = 1e-6, mask: Array | None = None) -> Array:
+               axis: Axes = -1, epsilon: float = 1e-6, mask: Array | None = None,
+               implementation: str | None = None) -> Array:
     """Layer normalization: each case normalized over its own summed inputs.
 
     .. math::
@@ -518,13 +509,16 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
       epsilon: added to the variance inside the square root (>= 0).
       mask: optional boolean array broadcastable to ``x``: the positions the
         statistics are computed over.
+      implementation: the row kernel: ``None`` (the platform's default),
+        ``"xla"`` or ``"pallas"`` (see :mod:`lnjax.kernels`).
 
     Returns:
       An array of ``x``'s shape and dtype.
 
     When ``axis`` names the trailing axes and there is no mask, a row kernel
-    (:mod:`lnjax.kernels`) computes the result and its analytic derivative;
-    otherwise the generic path, with the same statistics.
+    (:mod:`lnjax.kernels`, chosen by ``implementation``) computes the result
+    and its analytic derivative; otherwise the generic path, with the same
+    statistics, whatever ``implementation`` says.
 
     Example:
       >>> import jax.numpy as jnp, lnjax
@@ -535,12 +529,13 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
     Reference: Ba, Kiros & Hinton (2016), Eqs. 3-4.
     """
     spec = NormSpec.layer("layer_norm", x, reduction_axes=axis, feature_axes=axis,
-                          epsilon=epsilon)
+                          epsilon=epsilon, implementation=implementation)
     return spec.apply(x, scale, bias, mask=mask)[0]
 
 
 def rms_norm(x: Array, scale: Array | None = None, *, axis: Axes = -1,
-             epsilon: float = 1e-6, mask: Array | None = None) -> Array:
+             epsilon: float = 1e-6, mask: Array | None = None,
+             implementation: str | None = None) -> Array:
     """RMS normalization: layer norm without re-centring.
 
     .. math::
@@ -553,6 +548,8 @@ def rms_norm(x: Array, scale: Array | None = None, *, axis: Axes = -1,
       epsilon: added inside the square root (>= 0).
       mask: optional boolean array broadcastable to ``x``: the positions the
         mean square is computed over.
+      implementation: the row kernel: ``None`` (the platform's default),
+        ``"xla"`` or ``"pallas"`` (see :mod:`lnjax.kernels`).
 
     Returns:
       An array of ``x``'s shape and dtype.
@@ -568,7 +565,7 @@ def rms_norm(x: Array, scale: Array | None = None, *, axis: Axes = -1,
     Reference: Zhang & Sennrich (2019), arXiv:1910.07467.
     """
     spec = NormSpec.layer("rms_norm", x, reduction_axes=axis, feature_axes=axis,
-                          epsilon=epsilon, centered=False)
+                          epsilon=epsilon, centered=False, implementation=implementation)
     return spec.apply(x, scale, mask=mask)[0]
 
 

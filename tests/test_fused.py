@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.test_util import check_grads
 
 import lnjax
 from lnjax import kernels
 from lnjax import linen as lnn
-from lnjax.kernels import xla_cpu
+from lnjax import nnx as lnnx
+from lnjax.kernels import xla, xla_cpu
 from tests import reference as ref
 
 
@@ -186,11 +188,18 @@ def test_reverse_mode_saves_only_x_and_per_row_numbers():
     """The residuals of jax.vjp: x itself, the scale, and three numbers per row."""
     rows, width = 24, 40
     x, scale, bias = _data((rows, width), offset=1.0)
-    _, vjp = jax.vjp(lambda v, s, b: lnjax.layer_norm(v, s, b), x, scale, bias)
-    sizes = sorted(leaf.size for leaf in jax.tree_util.tree_leaves(vjp) if hasattr(leaf, "size"))
-    assert sizes.count(rows * width) == 1, sizes
-    assert all(s <= max(rows, width) for s in sizes if s != rows * width), sizes
-    assert sum(s == rows for s in sizes) <= 3, sizes
+
+    def vjp_of(v, s, b):
+        return jax.vjp(lambda v, s, b: lnjax.layer_norm(v, s, b), v, s, b)[1]
+
+    # Eagerly, and under jit, where the kernels of all platforms are staged out
+    # (lax.platform_dependent) and must not add residuals of their own.
+    for vjp in (vjp_of(x, scale, bias), jax.jit(vjp_of)(x, scale, bias)):
+        sizes = sorted(leaf.size for leaf in jax.tree_util.tree_leaves(vjp)
+                       if hasattr(leaf, "size"))
+        assert sizes.count(rows * width) == 1, sizes
+        assert all(s <= max(rows, width) for s in sizes if s != rows * width), sizes
+        assert sum(s == rows for s in sizes) <= 3, sizes
 
 
 # ------------------------------------------------------- dtypes and robustness
@@ -257,16 +266,165 @@ def test_kernel_applies_predicate():
     assert not applies((0, 3))  # nothing to compute
 
 
-def test_every_implementation_keeps_the_contract():
-    """Each registered row kernel matches the float64 reference, layer and RMS norm."""
-    x, scale, bias = _data((8, 40), offset=1e4)
-    assert kernels.DEFAULT in kernels.IMPLEMENTATIONS
-    for name, impl in kernels.IMPLEMENTATIONS.items():
+KERNELS = {"xla_cpu": xla_cpu.row_norm, "xla": xla.row_norm}
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_every_xla_kernel_keeps_the_contract(kernel):
+    """Each XLA row kernel matches the float64 reference, layer and RMS norm, f32 and bf16 in."""
+    impl = KERNELS[kernel]
+    for dtype, tol in ((np.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+        x, scale, bias = _data((8, 40), offset=1e4)
+        x = jnp.asarray(x, dtype)
         for centered, reference in ((True, ref.layer_norm), (False, ref.rms_norm)):
-            y = impl(jnp.asarray(x), jnp.asarray(scale), None if not centered else
-                     jnp.asarray(bias), epsilon=1e-6, centered=centered,
-                     out_dtype=jnp.float32)
-            assert y.dtype == jnp.float32, name
-            want = (reference(x, scale, bias, axis=-1, epsilon=1e-6) if centered else
-                    reference(x, scale, axis=-1, epsilon=1e-6))
-            np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5, err_msg=name)
+            y = impl(x, jnp.asarray(scale), jnp.asarray(bias) if centered else None,
+                     epsilon=1e-6, centered=centered, stats_dtype=jnp.float32, out_dtype=dtype)
+            assert y.dtype == dtype
+            xd = np.asarray(x, np.float64)
+            want = (reference(xd, scale, bias, axis=-1, epsilon=1e-6) if centered else
+                    reference(xd, scale, axis=-1, epsilon=1e-6))
+            np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=tol, atol=tol,
+                                       err_msg=f"{kernel} {dtype}")
+
+
+@pytest.mark.parametrize("centered", [True, False], ids=["layer", "rms"])
+def test_plain_xla_kernel_derivatives_equal_the_tuned_ones(centered):
+    """Reverse mode, jacfwd and hessian of the GPU/TPU kernel equal the CPU-tuned kernel's."""
+    with jax.enable_x64(True):
+        x, scale, bias = _data((3, 7), offset=1e3, seed=5, dtype=np.float64)
+        bias = bias if centered else None
+
+        def loss(impl):
+            return lambda v, g: jnp.sum(jnp.tanh(impl(
+                v, g, bias, epsilon=1e-3, centered=centered, stats_dtype=jnp.float64,
+                out_dtype=jnp.float64)) ** 3)
+
+        for transform in (jax.grad, jax.hessian):
+            got = jax.jit(transform(loss(xla.row_norm), (0, 1)))(x, scale)
+            want = jax.jit(transform(loss(xla_cpu.row_norm), (0, 1)))(x, scale)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9),
+                         got, want)
+        check_grads(lambda v, g: xla.row_norm(v, g, bias, epsilon=1e-3, centered=centered,
+                                              stats_dtype=jnp.float64, out_dtype=jnp.float64),
+                    (x, scale), order=2, modes=("fwd", "rev"))
+
+
+# ------------------------------------------------- the choice per platform
+
+
+def _exported_text(f, platforms, *args):
+    exp = jax.export.export(jax.jit(f), platforms=platforms)(*args)
+    return exp.mlir_module()
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm"])
+def test_default_lowering_per_platform(name):
+    """GPU and TPU get the plain XLA kernel (no barrier, no matmul); the CPU the tuned one."""
+    fn = NORMS[name][0]
+    x, scale, bias = (jnp.asarray(a) for a in _data((512, 1024)))
+    fwd = lambda v, g, b: fn(v, g, b)  # noqa: E731
+    grad = jax.grad(lambda v, g, b: jnp.sum(fn(v, g, b) ** 2), (0, 1, 2))
+    for f in (fwd, grad):
+        for platform in ("cuda", "tpu"):
+            text = _exported_text(f, [platform], x, scale, bias)
+            assert "optimization_barrier" not in text, (name, platform)
+            assert "dot_general" not in text, (name, platform)
+        cpu = _exported_text(f, ["cpu"], x, scale, bias)
+        assert "optimization_barrier" in cpu
+    assert "dot_general" in _exported_text(grad, ["cpu"], x, scale, bias)
+
+
+def test_one_export_carries_a_kernel_for_each_platform():
+    x, scale, bias = (jnp.asarray(a) for a in _data((64, 256)))
+    f = jax.grad(lambda v, g, b: jnp.sum(lnjax.layer_norm(v, g, b) ** 2), (0, 1, 2))
+    exp = jax.export.export(jax.jit(f), platforms=["cpu", "cuda", "tpu"])(x, scale, bias)
+    assert exp.platforms == ("cpu", "cuda", "tpu")
+    assert "stablehlo.case" in exp.mlir_module()
+    got = exp.call(x, scale, bias)  # runs the CPU branch here
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                 got, jax.jit(f)(x, scale, bias))
+
+
+def test_platform_defaults_are_xla_until_measured():
+    """No platform defaults to Pallas without a measurement on that hardware (README)."""
+    assert set(kernels.DEFAULTS.values()) == {"xla"}
+    assert kernels.kernel("cpu") is xla_cpu.row_norm
+    assert kernels.kernel("cuda") is kernels.kernel("tpu") is xla.row_norm
+    assert kernels.kernel("cpu", "xla") is xla_cpu.row_norm
+
+
+def test_implementation_is_checked_by_name():
+    x = jnp.ones((2, 4))
+    with pytest.raises(ValueError, match=r"layer_norm: implementation='triton' must be None"):
+        lnjax.layer_norm(x, implementation="triton")
+    with pytest.raises(ValueError, match=r"rms_norm: implementation='XLA'"):
+        lnjax.rms_norm(x, implementation="XLA")
+    with pytest.raises(ValueError, match=r"LayerNorm: implementation='cuda'"):
+        lnn.LayerNorm(implementation="cuda").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"RMSNorm: implementation='gpu'"):
+        lnnx.RMSNorm(4, implementation="gpu", rngs=nnx.Rngs(0))(x)
+
+
+@pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm"])
+def test_module_implementation_changes_no_parameter(name):
+    x = jnp.asarray(_data((3, 8))[0])
+    plain = getattr(lnn, name)().init(jax.random.key(0), x)
+    chosen = getattr(lnn, name)(implementation="xla").init(jax.random.key(0), x)
+    assert jax.tree.structure(plain) == jax.tree.structure(chosen)
+    np.testing.assert_array_equal(getattr(lnn, name)(implementation="xla").apply(chosen, x),
+                                  getattr(lnn, name)().apply(plain, x))
+    a = getattr(lnnx, name)(8, implementation="xla", rngs=nnx.Rngs(0))
+    b = getattr(lnnx, name)(8, rngs=nnx.Rngs(0))
+    assert jax.tree.structure(nnx.state(a, nnx.Param)) == jax.tree.structure(
+        nnx.state(b, nnx.Param))
+    np.testing.assert_array_equal(a(x), b(x))
+
+
+# ------------------------------------------------- implementation="pallas"
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_pallas_implementation_through_the_public_api(name):
+    """implementation="pallas" (interpret mode on this CPU) equals float64 and the XLA path."""
+    fn, reference = NORMS[name]
+    x, scale, bias = _data((6, 300), offset=1e4, seed=3)
+    want = (reference(x, scale, bias, epsilon=1e-6) if name == "layer_norm" else
+            reference(x, scale, epsilon=1e-6))
+    y = jax.jit(lambda v, g, b: fn(v, g, b, implementation="pallas"))(x, scale, bias)
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=2e-6, atol=2e-6)
+
+    def loss(implementation):
+        return jax.jit(jax.grad(lambda v, g, b: jnp.sum(jnp.sin(
+            fn(v, g, b, implementation=implementation))), (0, 1, 2)))
+
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 loss("pallas")(x, scale, bias), loss("xla")(x, scale, bias))
+    assert "pallas_call" in str(jax.make_jaxpr(loss("pallas"))(x, scale, bias))
+    assert "pallas_call" not in str(jax.make_jaxpr(loss("xla"))(x, scale, bias))
+
+
+def test_pallas_implementation_in_the_modules():
+    x = jnp.asarray(_data((4, 3, 64), offset=10.0)[0])
+    variables = lnn.LayerNorm().init(jax.random.key(0), x)
+    np.testing.assert_allclose(lnn.LayerNorm(implementation="pallas").apply(variables, x),
+                               lnn.LayerNorm().apply(variables, x), rtol=1e-6, atol=1e-6)
+    a = lnnx.RMSNorm(64, implementation="pallas", rngs=nnx.Rngs(0))
+    b = lnnx.RMSNorm(64, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(a(x), b(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_pallas_implementation_lowers_to_triton_and_mosaic(name):
+    """Through the public function: the CUDA module holds the Triton kernel, the TPU module
+    a Mosaic kernel (lowered here; no GPU or TPU on this machine)."""
+    fn = NORMS[name][0]
+    x, scale, bias = (jnp.asarray(a) for a in _data((256, 1000)))
+    grad = jax.grad(lambda v, g, b: jnp.sum(fn(v, g, b, implementation="pallas") ** 2),
+                    (0, 1, 2))
+    triton = "__gpu$xla.gpu.triton"
+    cuda = jax.export.export(
+        jax.jit(grad), platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)])(x, scale, bias)
+    assert triton in cuda.mlir_module()
+    tpu = jax.export.export(jax.jit(grad), platforms=["tpu"])(x, scale, bias)
+    assert "tpu_custom_call" in tpu.mlir_module()

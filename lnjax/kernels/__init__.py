@@ -1,4 +1,4 @@
-"""Row kernels: layer norm and RMS norm of a ``(rows, H)`` array, one contract.
+"""Row kernels: layer norm and RMS norm of a ``(rows, H)`` array, one contract, one per platform.
 
 :mod:`lnjax.normalization` hands a normalization to a row kernel when
 :func:`applies` says one computes it: the normalized axes are the trailing
@@ -8,46 +8,82 @@ cross-device axis, a concrete ``epsilon`` and the exact (shifted) variance.
 result. Everything else takes the generic path of :mod:`lnjax.normalization`,
 which computes the same values.
 
-The contract every implementation keeps (``row_norm``):
+The contract every implementation keeps (``row_norm(x, scale, bias, *,
+epsilon, centered, stats_dtype, out_dtype)``):
 
-* ``x``: ``(rows, H)``, already in the statistics dtype (float32 or wider);
-  ``scale``, ``bias``: ``(H,)`` in the same dtype, or None.
+* ``x``: ``(rows, H)`` in the input's dtype; ``scale``, ``bias``: ``(H,)``,
+  or None.
 * Returns ``(rows, H)`` in ``out_dtype``: ``((x - shift) - mean) * rstd *
   scale + bias`` (``centered``) or ``x * rstd * scale`` (RMS), with the shifted
-  statistics of :func:`lnjax.normalization.moments` (population variance,
-  ``epsilon`` inside the square root).
+  statistics of :func:`lnjax.normalization.moments` computed in
+  ``stats_dtype`` (population variance, ``epsilon`` inside the square root).
 * Differentiable in both modes: reverse mode (``grad``, ``vjp``) and forward
-  mode (``jvp``, ``jacfwd``, ``hessian``), e.g. a ``custom_jvp`` whose linear
-  tangent transposes into the backward.
+  mode (``jvp``, ``jacfwd``, ``hessian``).
 
-Implementations, one module each (``IMPLEMENTATIONS``):
+The implementations, chosen per platform when the program is lowered
+(:func:`jax.lax.platform_dependent`, so one exported program carries the
+right one for each platform):
 
-* ``xla_cpu`` (:mod:`lnjax.kernels.xla_cpu`): ``jax.numpy`` tuned for
-  XLA:CPU; today it serves every platform.
+=============  ============================  ===================================
+``implementation``  CPU                      GPU (cuda, rocm) and TPU
+=============  ============================  ===================================
+``"xla"``      :mod:`~lnjax.kernels.xla_cpu`  :mod:`~lnjax.kernels.xla` (plain
+               (tuned for XLA:CPU)            XLA: no barriers, no matmuls)
+``"pallas"``   :mod:`~lnjax.kernels.pallas`   :mod:`~lnjax.kernels.pallas`
+               in interpret mode              (Triton on GPU, Mosaic on TPU)
+=============  ============================  ===================================
 
-A platform-specific implementation (plain XLA for GPU/TPU, Pallas kernels) is
-a module beside ``xla_cpu`` with the same ``row_norm`` signature, registered
-in ``IMPLEMENTATIONS`` and chosen in :func:`row_norm`; nothing else in lnjax
-changes.
+``implementation=None`` takes :data:`DEFAULTS`, the platform's default. A
+platform's default becomes ``"pallas"`` only after a run on that hardware
+measured it faster than ``"xla"``; until then it is ``"xla"`` everywhere.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from jax import lax
 
-from lnjax.kernels import xla_cpu
+from lnjax.kernels import pallas, xla, xla_cpu
 
 Array = jax.Array
 
-IMPLEMENTATIONS: dict[str, Callable[..., Array]] = {"xla_cpu": xla_cpu.row_norm}
-"""The row-kernel implementations by name; each has :func:`row_norm`'s signature."""
+IMPLEMENTATIONS = ("xla", "pallas")
+"""The names ``implementation`` takes (besides ``None``, the platform's default)."""
 
-DEFAULT = "xla_cpu"
-"""The implementation :func:`row_norm` uses."""
+DEFAULTS = {"cpu": "xla", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
+"""The implementation ``implementation=None`` takes on each platform (others: ``"xla"``)."""
+
+_PALLAS_BACKENDS = {"cpu": "interpret", "cuda": "triton", "rocm": "triton", "tpu": "mosaic"}
+
+
+def check_implementation(implementation: Any, *, fn: str) -> None:
+    """``implementation`` is None or one of :data:`IMPLEMENTATIONS`, or a ``ValueError``."""
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"{fn}: implementation={implementation!r} must be None (the "
+                         f"platform's default) or one of {list(IMPLEMENTATIONS)}.")
+
+
+def kernel(platform: str, implementation: str | None = None) -> Callable[..., Array]:
+    """The row kernel ``implementation`` means on ``platform`` (``"cpu"``, ``"cuda"``, ...).
+
+    Example:
+      >>> kernel("cpu") is xla_cpu.row_norm, kernel("tpu") is xla.row_norm
+      (True, True)
+    """
+    name = DEFAULTS.get(platform, "xla") if implementation is None else implementation
+    if name == "xla":
+        return xla_cpu.row_norm if platform == "cpu" else xla.row_norm
+    return _pallas(_PALLAS_BACKENDS.get(platform, "triton"))
+
+
+@functools.cache
+def _pallas(backend: str) -> Callable[..., Array]:
+    return functools.partial(pallas.row_norm, backend=backend)
 
 
 def applies(shape: tuple[int, ...], reduction_axes: tuple[int, ...],
@@ -77,15 +113,18 @@ def applies(shape: tuple[int, ...], reduction_axes: tuple[int, ...],
 
 
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
-             centered: bool, out_dtype: Any) -> Array:
+             centered: bool, stats_dtype: Any, out_dtype: Any,
+             implementation: str | None = None) -> Array:
     """Layer norm (``centered``) or RMS norm of ``(rows, H)`` ``x`` over its last axis.
 
     Args:
-      x: ``(rows, H)`` in the statistics dtype.
-      scale, bias: ``(H,)`` arrays in that dtype, or None.
+      x: ``(rows, H)`` in the input's dtype.
+      scale, bias: ``(H,)`` arrays, or None.
       epsilon: added to the variance inside the square root.
       centered: ``True`` for layer norm, ``False`` for RMS norm.
+      stats_dtype: the dtype the statistics are computed in (float32 or wider).
       out_dtype: the result's dtype.
+      implementation: ``None`` (the platform's default), ``"xla"`` or ``"pallas"``.
 
     Returns:
       ``(rows, H)`` in ``out_dtype``.
@@ -93,9 +132,34 @@ def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: floa
     Example:
       >>> import jax.numpy as jnp
       >>> y = row_norm(jnp.array([[1.0, 2.0, 3.0]]), None, None, epsilon=0.0,
-      ...              centered=True, out_dtype=jnp.float32)
+      ...              centered=True, stats_dtype=jnp.float32, out_dtype=jnp.float32)
       >>> [round(float(v), 4) for v in y[0]]
       [-1.2247, 0.0, 1.2247]
     """
-    return IMPLEMENTATIONS[DEFAULT](x, scale, bias, epsilon=epsilon, centered=centered,
-                                    out_dtype=out_dtype)
+    check_implementation(implementation, fn="row_norm")
+    has = (scale is not None, bias is not None)
+    operands = [a for a in (x, scale, bias) if a is not None]
+    kwargs = {"epsilon": float(epsilon), "centered": bool(centered),
+              "stats_dtype": stats_dtype, "out_dtype": out_dtype}
+    branches = {p: _branch(kernel(p, implementation), has, **kwargs) for p in DEFAULTS}
+    return lax.platform_dependent(*operands, **branches,
+                                  default=_branch(kernel("other", implementation), has, **kwargs))
+
+
+def _branch(fn: Callable[..., Array], has: tuple[bool, bool], **kwargs: Any):
+    """``fn`` called on the operands present; one function object per kernel, so that
+    :func:`jax.lax.platform_dependent` joins the platforms that share a kernel."""
+    return _branch_cached(fn, has, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
+
+
+@functools.cache
+def _branch_cached(fn, has, items):
+    kwargs = dict(items)
+
+    def run(x, *params):
+        it = iter(params)
+        scale = next(it) if has[0] else None
+        bias = next(it) if has[1] else None
+        return fn(x, scale, bias, **kwargs)
+
+    return run

@@ -164,12 +164,14 @@ def tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *, centered, out_dty
 
 
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
-             centered: bool, out_dtype) -> Array:
+             centered: bool, stats_dtype, out_dtype) -> Array:
     """Layer norm (``centered``) or RMS norm of 2-D ``x`` over its last axis.
 
     The contract of :func:`lnjax.kernels.row_norm`.
     """
-    return _row_norm(x, scale, bias, float(epsilon), bool(centered), jnp.dtype(out_dtype))
+    scale, bias = (None if p is None else p.astype(stats_dtype) for p in (scale, bias))
+    return _row_norm(x.astype(stats_dtype), scale, bias, float(epsilon), bool(centered),
+                     jnp.dtype(out_dtype))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
