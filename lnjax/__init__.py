@@ -6,9 +6,11 @@ The functional API is re-exported here; the Flax modules live in
 
 from lnjax.normalization import (
     batch_norm,
+    batch_renorm,
     group_norm,
     instance_norm,
     layer_norm,
+    renorm_limits,
     rms_norm,
     weight_norm,
 )
@@ -17,9 +19,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "batch_norm",
+    "batch_renorm",
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "renorm_limits",
     "rms_norm",
     "weight_norm",
 ]

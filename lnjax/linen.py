@@ -21,10 +21,11 @@ from jax.nn import initializers
 
 from lnjax import _checks as checks
 from lnjax import recurrent as R
-from lnjax.normalization import NormSpec, weight_norm
+from lnjax.normalization import NormSpec, Renorm, check_renorm_limits, weight_norm
 
 __all__ = [
     "BatchNorm",
+    "BatchReNorm",
     "GroupNorm",
     "InstanceNorm",
     "LNGRU",
@@ -232,31 +233,87 @@ class BatchNorm(nn.BatchNorm):
     def __call__(self, x, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None):
         """Normalizes ``x`` with batch statistics or, if asked, the running averages."""
-        use_running_average = nn.merge_param(
-            "use_running_average", self.use_running_average, use_running_average)
-        spec = NormSpec.batch(
-            "BatchNorm", x, feature_axes=self.axis, epsilon=self.epsilon,
-            running=bool(use_running_average), unbiased=self.unbiased,
-            fast_variance=self.use_fast_variance,
-            axis_name=None if self.is_initializing() else self.axis_name,
-            axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self, x))
-        stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
-        ra_mean = self.variable("batch_stats", "mean",
-                                lambda s: jnp.zeros(s, stat_dtype), spec.feature_shape)
-        ra_var = self.variable("batch_stats", "var",
-                               lambda s: jnp.ones(s, stat_dtype), spec.feature_shape)
-        scale, bias = _scale_bias(self, spec.feature_shape, use_scale=self.use_scale,
-                                  use_bias=self.use_bias)
-        dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        if use_running_average:
-            y, _ = spec.apply(x, scale, bias, stats=(ra_mean.value, ra_var.value), dtype=dtype)
-            return y
-        y, st = spec.apply(x, scale, bias, mask=mask, dtype=dtype)
-        mean, var = spec.feature_stats(st)
-        if not self.is_initializing():
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return _batch_norm(self, x, use_running_average, mask)
+
+
+def _batch_norm(mdl: nn.Module, x: Any, use_running_average: bool | None, mask: Any,
+                limits: tuple[Any, Any] | None = None) -> jax.Array:
+    """BatchNorm's (``limits is None``) or BatchReNorm's (``(r_max, d_max)``) call."""
+    use_running_average = nn.merge_param(
+        "use_running_average", mdl.use_running_average, use_running_average)
+    name = type(mdl).__name__
+    spec = NormSpec.batch(
+        name, x, feature_axes=mdl.axis, epsilon=mdl.epsilon,
+        running=bool(use_running_average), unbiased=mdl.unbiased,
+        fast_variance=mdl.use_fast_variance,
+        axis_name=None if mdl.is_initializing() else mdl.axis_name,
+        axis_index_groups=mdl.axis_index_groups, stats_dtype=_stats_dtype(mdl, x))
+    stat_dtype = jnp.float32 if mdl.force_float32_reductions else mdl.param_dtype
+    ra_mean = mdl.variable("batch_stats", "mean",
+                           lambda s: jnp.zeros(s, stat_dtype), spec.feature_shape)
+    ra_var = mdl.variable("batch_stats", "var",
+                          lambda s: jnp.ones(s, stat_dtype), spec.feature_shape)
+    scale, bias = _scale_bias(mdl, spec.feature_shape, use_scale=mdl.use_scale,
+                              use_bias=mdl.use_bias)
+    dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=mdl.dtype)
+    if use_running_average:
+        y, _ = spec.apply(x, scale, bias, stats=(ra_mean.value, ra_var.value), dtype=dtype)
         return y
+    renorm = None if limits is None else Renorm(ra_mean.value, ra_var.value, *limits)
+    y, st = spec.apply(x, scale, bias, mask=mask, renorm=renorm, dtype=dtype)
+    mean, var = spec.feature_stats(st)
+    if not mdl.is_initializing():
+        ra_mean.value = mdl.momentum * ra_mean.value + (1 - mdl.momentum) * mean
+        ra_var.value = mdl.momentum * ra_var.value + (1 - mdl.momentum) * var
+    return y
+
+
+class BatchReNorm(BatchNorm):
+    """Batch renormalization (Ioffe 2017): batch norm corrected towards its running statistics.
+
+    In training, ``y = scale * ((x - mu_B) / sigma_B * r + d) + bias`` with
+    ``r = clip(sigma_B / sigma, 1/r_max, r_max)`` and ``d = clip((mu_B - mu) /
+    sigma, -d_max, d_max)`` from the running statistics (held constant in the
+    gradient), so the output no longer depends on the batch alone; in
+    inference, the running statistics, as batch norm. BatchNorm's arguments,
+    parameters and ``batch_stats`` (``mean``, ``var``, updated the same way),
+    plus ``r_max`` and ``d_max``. ``r_max=1, d_max=0`` is batch norm.
+
+    The paper starts from batch norm and ramps the limits up: pass them at
+    call time, e.g. ``layer(x, r_max=r, d_max=d)`` with ``r, d =
+    lnjax.renorm_limits(state.step)`` (traced values are fine under ``jit``).
+
+    Attributes:
+      r_max: the largest scale correction (>= 1).
+      d_max: the largest shift correction, in running standard deviations (>= 0).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from lnjax import linen as lnn
+      >>> x = jnp.array([[1.0], [3.0]])
+      >>> layer = lnn.BatchReNorm(use_running_average=False, epsilon=0.0)
+      >>> variables = layer.init(jax.random.key(0), x)
+      >>> y, _ = layer.apply(variables, x, mutable=["batch_stats"])
+      >>> [float(v) for v in y.ravel()]  # running mean 0, var 1: r = 1, d = 2, y = x
+      [1.0, 3.0]
+
+    Reference: Ioffe (2017), arXiv:1702.03275.
+    """
+
+    r_max: float = 3.0
+    d_max: float = 5.0
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None, r_max: Any = None, d_max: Any = None):
+        """Renormalizes ``x`` (training) or normalizes it with the running averages.
+
+        ``r_max``/``d_max`` given here override the attributes (for ramps).
+        """
+        r_max = self.r_max if r_max is None else r_max
+        d_max = self.d_max if d_max is None else d_max
+        check_renorm_limits(r_max, d_max, fn=type(self).__name__)
+        return _batch_norm(self, x, use_running_average, mask, (r_max, d_max))
 
 
 class WeightNormDense(nn.Module):

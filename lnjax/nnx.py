@@ -20,10 +20,11 @@ from flax.nnx.nn import dtypes
 
 from lnjax import _checks as checks
 from lnjax import recurrent as R
-from lnjax.normalization import NormSpec, weight_norm
+from lnjax.normalization import NormSpec, Renorm, check_renorm_limits, weight_norm
 
 __all__ = [
     "BatchNorm",
+    "BatchReNorm",
     "GroupNorm",
     "InstanceNorm",
     "LNGRU",
@@ -204,22 +205,28 @@ class BatchNorm(nnx.BatchNorm):
     def __call__(self, x, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None):
         """Normalizes ``x`` with batch statistics or the running averages."""
+        return self._normalize(x, use_running_average, mask, None)
+
+    def _normalize(self, x, use_running_average, mask, limits):
+        """The call of BatchNorm (``limits is None``) or BatchReNorm (``(r_max, d_max)``)."""
+        name = type(self).__name__
         use_running_average = nnx.module.first_from(
             use_running_average, self.use_running_average,
-            error_msg="BatchNorm: pass use_running_average to the constructor or the call.")
-        x = checks.as_inexact_array(x, fn="BatchNorm", complex_ok=True)
+            error_msg=f"{name}: pass use_running_average to the constructor or the call.")
+        x = checks.as_inexact_array(x, fn=name, complex_ok=True)
         x, mean, var, scale, bias = self.promote_dtype(
             (x, self.mean[...], self.var[...], _value(self.scale), _value(self.bias)),
             dtype=self.dtype)
         spec = NormSpec.batch(
-            "BatchNorm", x, feature_axes=self.axis, epsilon=self.epsilon,
+            name, x, feature_axes=self.axis, epsilon=self.epsilon,
             running=bool(use_running_average), unbiased=self.unbiased,
             fast_variance=self.use_fast_variance, axis_name=self.axis_name,
             axis_index_groups=self.axis_index_groups, stats_dtype=_stats_dtype(self.dtype, x))
         mean, var, scale, bias = (_shaped(p, spec) for p in (mean, var, scale, bias))
         if use_running_average:
             return spec.apply(x, scale, bias, stats=(mean, var))[0]
-        y, st = spec.apply(x, scale, bias, mask=mask)
+        renorm = None if limits is None else Renorm(mean, var, *limits)
+        y, st = spec.apply(x, scale, bias, mask=mask, renorm=renorm)
         mean, var = spec.feature_stats(st)
         update = (jax.lax.stop_gradient
                   if self.mean._can_update or self.var._can_update else (lambda v: v))
@@ -227,6 +234,39 @@ class BatchNorm(nnx.BatchNorm):
         self.mean[...] = update(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
         self.var[...] = update(self.momentum * self.var[...] + (1 - self.momentum) * var)
         return y
+
+
+class BatchReNorm(BatchNorm):
+    """Batch renormalization (Ioffe 2017): batch norm corrected towards its running statistics.
+
+    The same equations, arguments, ``BatchStat`` attributes and ramps as
+    :class:`lnjax.linen.BatchReNorm`: ``r_max`` and ``d_max`` as constructor
+    keywords, overridable at call time (``layer(x, r_max=r, d_max=d)``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from lnjax import nnx as lnnx
+      >>> layer = lnnx.BatchReNorm(1, epsilon=0.0, rngs=nnx.Rngs(0))
+      >>> [float(v) for v in layer(jnp.array([[1.0], [3.0]])).ravel()]  # r = 1, d = 2: y = x
+      [1.0, 3.0]
+
+    Reference: Ioffe (2017), arXiv:1702.03275.
+    """
+
+    def __init__(self, num_features: int, *, r_max: float = 3.0, d_max: float = 5.0,
+                 **kwargs):
+        check_renorm_limits(r_max, d_max, fn="BatchReNorm")
+        super().__init__(num_features, **kwargs)
+        self.r_max, self.d_max = r_max, d_max
+
+    def __call__(self, x, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None, r_max: Any = None, d_max: Any = None):
+        """Renormalizes ``x`` (training) or normalizes it with the running averages."""
+        r_max = self.r_max if r_max is None else r_max
+        d_max = self.d_max if d_max is None else d_max
+        check_renorm_limits(r_max, d_max, fn="BatchReNorm")
+        return self._normalize(x, use_running_average, mask, (r_max, d_max))
 
 
 _DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()

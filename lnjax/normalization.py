@@ -66,12 +66,14 @@ __all__ = [
     "Moments",
     "NormSpec",
     "batch_norm",
+    "batch_renorm",
     "canonicalize_axes",
     "group_norm",
     "instance_norm",
     "layer_norm",
     "moments",
     "normalize",
+    "renorm_limits",
     "rms_norm",
     "weight_norm",
 ]
@@ -226,6 +228,23 @@ def _warn_once(key: str, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         warnings.warn(message, UserWarning, stacklevel=4)
+
+
+class Renorm(NamedTuple):
+    """Batch renormalization's correction (Ioffe 2017): the running statistics and the limits."""
+
+    running_mean: Any  # f32[features] the running mean mu
+    running_var: Any  # f32[features] the running variance (sigma^2 - epsilon)
+    r_max: Any  # r = sigma_B / sigma is clipped to [1 / r_max, r_max]
+    d_max: Any  # d = (mu_B - mu) / sigma is clipped to [-d_max, d_max]
+
+
+def check_renorm_limits(r_max: Any, d_max: Any, *, fn: str) -> None:
+    """Concrete limits must satisfy ``r_max >= 1`` and ``d_max >= 0`` (traced ones are taken)."""
+    for name, v, low in (("r_max", r_max, 1), ("d_max", d_max, 0)):
+        if isinstance(v, (int, float, np.number)) and not v >= low:
+            raise ValueError(f"{fn}: {name}={v} must be >= {low} (r_max=1, d_max=0 is batch "
+                             "norm).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,7 +415,7 @@ class NormSpec:
     # ----------------------------------------------------------------- apply
 
     def apply(self, x: Any, scale: Any = None, bias: Any = None, *, mask: Any = None,
-              stats: tuple[Any, Any] | None = None,
+              stats: tuple[Any, Any] | None = None, renorm: Renorm | None = None,
               dtype: Any = None) -> tuple[Array, Moments | None]:
         """Normalizes ``x``, the input this spec was built from.
 
@@ -408,6 +427,8 @@ class NormSpec:
             the statistics count.
           stats: optional ``(mean, var)`` of :attr:`feature_shape` used instead
             of the statistics of ``x`` (batch norm's running averages).
+          renorm: optional :class:`Renorm`: batch renormalization's correction
+            of the batch statistics towards the running ones.
           dtype: the result dtype (default: ``x``'s).
 
         Returns:
@@ -421,7 +442,7 @@ class NormSpec:
                              f"shape {self.shape}.")
         out_dtype = self.dtype if dtype is None else dtype
         fshape = self.feature_shape
-        if (stats is None and self.num_groups is None
+        if (stats is None and renorm is None and self.num_groups is None
                 and kernels.applies(self.shape, self.reduction_axes, self.feature_axes,
                                     epsilon=self.epsilon, masked=mask is not None,
                                     axis_name=self.axis_name, fast_variance=self.fast_variance)):
@@ -445,12 +466,50 @@ class NormSpec:
         if stats is None:
             st = self.moments(x, mask)
         else:
-            mean, var = stats
-            mean = jnp.asarray(mean, self.stats_dtype).reshape(target)
-            var = jnp.asarray(var, jnp.finfo(self.stats_dtype).dtype).reshape(target)
-            st = Moments(mean, jnp.zeros_like(mean), var, jnp.ones_like(var))
+            st = self._given_moments(*stats)
+        if renorm is not None:
+            return self._renormalize(x, st, renorm, scale, bias, out_dtype), st
         return normalize(x, st, epsilon=self.epsilon, scale=scale, bias=bias,
                          dtype=out_dtype), st
+
+    def _given_moments(self, mean: Any, var: Any) -> Moments:
+        """Moments from a mean and variance of :attr:`feature_shape` (running averages)."""
+        fshape, target = self.feature_shape, self.target_shape
+
+        def shaped(name, v, dtype):
+            v = jnp.asarray(v, dtype)
+            if v.ndim == 1 and v.size == math.prod(fshape):  # flat, as flax.nnx stores them
+                return v.reshape(target)
+            try:
+                ok = np.broadcast_shapes(v.shape, fshape) == fshape
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{self.name}: {name} of shape {v.shape} does not match the "
+                                 f"feature shape {fshape} (it must equal it or broadcast to it).")
+            return jnp.broadcast_to(v, fshape).reshape(target)
+
+        mean = shaped("running_mean", mean, self.stats_dtype)
+        var = shaped("running_var", var, jnp.finfo(self.stats_dtype).dtype)
+        return Moments(mean, jnp.zeros_like(mean), var, jnp.ones_like(var))
+
+    def _renormalize(self, x, st, renorm, scale, bias, out_dtype):
+        """``((x - mu_B) / sigma_B * r + d) * scale + bias`` (Ioffe 2017), r and d constant."""
+        running = self._given_moments(renorm.running_mean, renorm.running_var)
+        sigma_b = jnp.sqrt(st.var + self.epsilon)
+        rsigma = lax.rsqrt(running.var + self.epsilon)
+        r_max = jnp.asarray(renorm.r_max, st.var.dtype)
+        d_max = jnp.asarray(renorm.d_max, st.var.dtype)
+        r = lax.stop_gradient(jnp.clip(sigma_b * rsigma, 1 / r_max, r_max))
+        # mu_B - mu as (shift - mu) + mean: exact far from zero
+        d = lax.stop_gradient(jnp.clip(((st.shift - running.shift) + st.mean) * rsigma,
+                                       -d_max, d_max))
+        y = normalize(x, st, epsilon=self.epsilon, dtype=st.var.dtype) * r + d
+        if scale is not None:
+            y = y * scale
+        if bias is not None:
+            y = y + bias
+        return y.astype(out_dtype)
 
     def moments(self, x: Array, mask: Array | None = None) -> Moments:
         """The statistics of ``x`` over :attr:`reduction_axes` (``mask``: boolean, x's shape)."""
@@ -686,6 +745,85 @@ def batch_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
                           axis_index_groups=axis_index_groups)
     y, st = spec.apply(x, scale, bias, mask=mask)
     return (y, *spec.feature_stats(st))
+
+
+def batch_renorm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
+                 running_mean: Array, running_var: Array, r_max: Any = 3.0, d_max: Any = 5.0,
+                 axis: Axes = 0, epsilon: float = 1e-5, mask: Array | None = None,
+                 axis_name: Any = None,
+                 axis_index_groups: Any = None) -> tuple[Array, Array, Array]:
+    """Batch renormalization: batch norm corrected towards the running statistics.
+
+    .. math::
+        r = \\mathrm{clip}_{[1/r_{max},\\, r_{max}]}\\Big(\\frac{\\sigma_B}{\\sigma}\\Big),\\quad
+        d = \\mathrm{clip}_{[-d_{max},\\, d_{max}]}\\Big(\\frac{\\mu_B - \\mu}{\\sigma}\\Big),\\quad
+        y = g \\odot \\Big(\\frac{x - \\mu_B}{\\sigma_B}\\, r + d\\Big) + b
+
+    with the batch statistics ``mu_B``, ``sigma_B = sqrt(var_B + epsilon)`` over
+    ``axis`` (as :func:`batch_norm`, exact and optionally masked or merged
+    across devices), ``sigma = sqrt(running_var + epsilon)``, and ``r``, ``d``
+    held constant in the gradient. ``r_max=1, d_max=0`` is batch norm; the
+    paper ramps them up from there over training (:func:`renorm_limits`).
+
+    Args:
+      x: floating input.
+      scale, bias: optional arrays with the shape of the axes not reduced.
+      running_mean, running_var: the running statistics ``mu`` and
+        ``sigma**2 - epsilon``, shaped like the axes not reduced.
+      r_max: the largest correction of the scale (>= 1; may be traced).
+      d_max: the largest correction of the shift, in running standard
+        deviations (>= 0; may be traced).
+      axis: the reduction axis or axes (default 0, the batch).
+      epsilon: added to the variances inside the square roots (>= 0).
+      mask: optional boolean array broadcastable to ``x``: the positions the
+        statistics count.
+      axis_name: a mapped axis to merge the batch statistics over.
+      axis_index_groups: optional groups of device indices along ``axis_name``.
+
+    Returns:
+      ``(y, mean, var)``: the output (``x``'s shape and dtype) and the batch
+      mean and variance (to update the running statistics with), shaped like
+      the feature axes.
+
+    Example:
+      >>> import jax.numpy as jnp, lnjax
+      >>> x = jnp.array([[1.0], [3.0]])
+      >>> y, mean, var = lnjax.batch_renorm(x, running_mean=jnp.array([2.0]),
+      ...                                   running_var=jnp.array([4.0]), epsilon=0.0)
+      >>> [float(v) for v in y.ravel()]  # r = sigma_B / sigma = 1/2, d = 0
+      [-0.5, 0.5]
+
+    Reference: Ioffe (2017), "Batch Renormalization", arXiv:1702.03275.
+    """
+    spec = NormSpec.batch("batch_renorm", x, reduction_axes=axis, epsilon=epsilon,
+                          axis_name=axis_name, axis_index_groups=axis_index_groups)
+    check_renorm_limits(r_max, d_max, fn="batch_renorm")
+    y, st = spec.apply(x, scale, bias, mask=mask,
+                       renorm=Renorm(running_mean, running_var, r_max, d_max))
+    return (y, *spec.feature_stats(st))
+
+
+def renorm_limits(step: Any, *, r_max: float = 3.0, d_max: float = 5.0,
+                  warmup_steps: int = 5000, r_steps: int = 35000,
+                  d_steps: int = 20000) -> tuple[Array, Array]:
+    """Batch renormalization's ``(r_max, d_max)`` at ``step``, ramped up as in the paper.
+
+    Both start at batch norm's values (1 and 0) and stay there for
+    ``warmup_steps``; then ``r_max`` rises linearly to its final value over
+    ``r_steps`` steps and ``d_max`` over ``d_steps`` (the paper: 5k steps of
+    batch norm, r_max to 3 by 40k steps, d_max to 5 by 25k). Pass the result to
+    :func:`batch_renorm` or to ``BatchReNorm(...)(x, r_max=..., d_max=...)``;
+    ``step`` may be traced (e.g. ``state.step`` inside a jitted train step).
+
+    Example:
+      >>> import lnjax
+      >>> [float(v) for v in lnjax.renorm_limits(0)], [float(v) for v in lnjax.renorm_limits(40000)]
+      ([1.0, 0.0], [3.0, 5.0])
+    """
+    t = jnp.maximum(jnp.asarray(step, jnp.float32) - warmup_steps, 0)
+    r = 1 + (r_max - 1) * jnp.minimum(t / max(r_steps, 1), 1)
+    d = d_max * jnp.minimum(t / max(d_steps, 1), 1)
+    return r, d
 
 
 def weight_norm(v: Array, g: Array, *, axis: Axes | None = 0,

@@ -94,6 +94,28 @@ def batch_norm(x, scale=None, bias=None, *, axis=0, epsilon=1e-5, mask=None, unb
     return y, mean.reshape(fshape), var.reshape(fshape)
 
 
+def batch_renorm(x, scale=None, bias=None, *, running_mean, running_var, r_max=3.0, d_max=5.0,
+                 axis=0, epsilon=1e-5, mask=None):
+    """Batch renormalization (Ioffe 2017), float64: ``(y, mean, var)`` of the batch.
+
+    r = clip(sigma_B / sigma, 1/r_max, r_max), d = clip((mu_B - mu) / sigma, -d_max, d_max),
+    y = scale * ((x - mu_B) / sigma_B * r + d) + bias, sigma from the running variance.
+    """
+    x = np.asarray(x, np.float64)
+    axes = _axes(x.ndim, axis)
+    feat = tuple(i for i in range(x.ndim) if i not in axes)
+    mean, var, _ = moments(x, axes, mask)
+    mu = _feature(running_mean, x.shape, feat)
+    sigma = np.sqrt(_feature(running_var, x.shape, feat) + epsilon)
+    sigma_b = np.sqrt(var + epsilon)
+    r = np.clip(sigma_b / sigma, 1 / r_max, r_max)
+    d = np.clip((mean - mu) / sigma, -d_max, d_max)
+    y = (x - mean) / sigma_b * r + d
+    y = _affine(y, _feature(scale, x.shape, feat), _feature(bias, x.shape, feat))
+    fshape = tuple(x.shape[a] for a in feat)
+    return y, mean.reshape(fshape), var.reshape(fshape)
+
+
 def weight_norm(v, g, *, axis=0, epsilon=1e-12):
     v = np.asarray(v, np.float64)
     kept = () if axis is None else _axes(v.ndim, axis)
