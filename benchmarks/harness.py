@@ -8,6 +8,13 @@ slow spell on a shared machine hits all of them alike. :func:`measure` adds
 the medians and the :class:`TimeRatio` of each pair named, taken as the
 median over rounds of the per-round ratio.
 
+On an accelerator, waiting for each call adds the host's round trip (tens of
+microseconds) to kernels that last a tenth of a millisecond. There,
+``pipelined=True`` times functions that only *start* their work and return
+its outputs: each timing starts the calls back to back and waits once, for
+the last call's outputs (:func:`block`; anything with a
+``block_until_ready`` method counts, such as :class:`TorchSync`).
+
 Example:
   >>> import jax.numpy as jnp
   >>> x = jnp.ones(1000)
@@ -22,7 +29,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import pathlib
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,21 +53,50 @@ def jax_call(fn: Callable, *args) -> Callable[[], Any]:
     return lambda: block(fn(*args))
 
 
+def rotating(fn: Callable, arg_sets: Sequence[tuple]) -> Callable[[], Any]:
+    """A no-argument callable that starts ``fn`` on each of ``arg_sets`` in turn (no wait).
+
+    Arguments held in several copies that together outgrow the device's cache
+    make each call read memory, not the cache a previous call filled.
+
+    Example:
+      >>> f = rotating(lambda a: a, [(1,), (2,)])
+      >>> [f(), f(), f()]
+      [1, 2, 1]
+    """
+    sets = itertools.cycle(arg_sets)
+    return lambda: fn(*next(sets))
+
+
+class TorchSync:
+    """A stand-in output whose ``block_until_ready`` waits for PyTorch's CUDA device (on a
+    CPU, where PyTorch's calls return done, there is nothing to wait for)."""
+
+    def block_until_ready(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
 def time_interleaved(functions: Mapping[str, Callable[[], Any]], *, rounds: int,
-                     min_time: float = 0.0) -> dict[str, list[float]]:
+                     min_time: float = 0.0, pipelined: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each function, ``rounds`` times, round-robin.
 
     Each function is first called once (compilation, warm-up), untimed. With
     ``min_time > 0`` one more untimed call measures it, and each timing then
     repeats the call often enough to last about ``min_time`` seconds and
     reports the time per call; with ``min_time=0`` each timing is one call.
+    With ``pipelined`` the functions return their outputs without waiting, and
+    each timing waits (:func:`block`) once, after its last call.
     """
+    finish = block if pipelined else (lambda out: out)
     repeats = {}
     for name, f in functions.items():
-        f()  # compile and warm up
+        finish(f())  # compile and warm up
         if min_time > 0:
             start = time.perf_counter()
-            f()
+            finish(f())
             repeats[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
         else:
             repeats[name] = 1
@@ -66,7 +105,8 @@ def time_interleaved(functions: Mapping[str, Callable[[], Any]], *, rounds: int,
         for name, f in functions.items():
             start = time.perf_counter()
             for _ in range(repeats[name]):
-                f()
+                out = f()
+            finish(out)
             times[name].append((time.perf_counter() - start) / repeats[name])
     return times
 
@@ -104,17 +144,67 @@ class TimeRatio:
 
 
 def measure(functions: Mapping[str, Callable[[], Any]], ratios: Sequence[TimeRatio] = (), *,
-            rounds: int, min_time: float = 0.0) -> dict[str, Any]:
+            rounds: int, min_time: float = 0.0, pipelined: bool = False) -> dict[str, Any]:
     """Times ``functions`` (see :func:`time_interleaved`) and reports medians and ratios.
 
     Returns:
       ``{"median_ms": {name: median milliseconds per call}, "ratios": [record of
       each ratio whose two sides were timed, see TimeRatio.measure]}``.
     """
-    times = time_interleaved(functions, rounds=rounds, min_time=min_time)
+    times = time_interleaved(functions, rounds=rounds, min_time=min_time, pipelined=pipelined)
     records = [r.measure(times) for r in ratios]
     return {"median_ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
             "ratios": [r for r in records if r is not None]}
+
+
+def device_times(functions: Mapping[str, Callable[[], Any]], modules: Mapping[str, str], *,
+                 calls: int) -> dict[str, float]:
+    """Milliseconds per call that each function's XLA program spends on the device.
+
+    Traces ``calls`` pipelined calls of each function named in ``modules`` (one
+    ``jax.profiler`` trace for all; each function starts its work and returns
+    its outputs, as with ``pipelined``) and adds up, per call, the durations
+    of the device events whose ``hlo_module`` is ``modules[name]`` (``"jit_"``
+    and the jitted function's name): on a GPU its kernels on the streams, on a
+    TPU its ops, on a CPU its thunks. The host's dispatch is not counted; where
+    the trace holds no device events (a profiler without access to the
+    device's counters) the result is empty. The median over calls where the events say which call
+    (``run_id``), else the total over ``calls``. A program with no events is
+    left out of the result.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder):
+            for name in modules:
+                for _ in range(calls):
+                    out = functions[name]()
+                block(out)
+        paths = sorted(pathlib.Path(folder).rglob("*.xplane.pb"))
+        if not paths:
+            raise RuntimeError("jax.profiler.trace wrote no .xplane.pb file")
+        data = jax.profiler.ProfileData.from_file(str(paths[0]))
+    planes = [p for p in data.planes if p.name.startswith("/device:")]
+    if jax.default_backend() == "cpu":  # elsewhere the host's events are not device time
+        planes = [p for p in data.planes if p.name == "/host:CPU"]
+    lines = [line for p in planes for line in p.lines]
+    streams = [line for line in lines if line.name.startswith("Stream")]
+    ops = [line for line in lines if line.name == "XLA Ops"]
+    ns: dict[str, dict[Any, float]] = {}
+    for line in streams or ops or lines:
+        for event in line.events:
+            stats = dict(event.stats)
+            module = stats.get("hlo_module")
+            if module is not None:
+                runs = ns.setdefault(str(module).split("(")[0], {})
+                run = stats.get("run_id")
+                runs[run] = runs.get(run, 0.0) + event.duration_ns
+    result = {}
+    for name, module in modules.items():
+        runs = ns.get(module)
+        if runs:
+            per_call = (statistics.median(runs.values()) if None not in runs
+                        and len(runs) == calls else sum(runs.values()) / calls)
+            result[name] = per_call / 1e6
+    return result
 
 
 def per_second(count: int, median_ms: float) -> float:

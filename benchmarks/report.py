@@ -67,12 +67,20 @@ def write(out: str | os.PathLike, name: str, record: Any, markdown: str) -> list
     return paths
 
 
-def parser(doc: str, name: str, *,
-           out: str | os.PathLike | None = None) -> argparse.ArgumentParser:
-    """A script's parser: the first paragraph of its docstring and ``--out`` (default ``out``)."""
+def parser(doc: str, name: str, *, out: str | os.PathLike | None = None,
+           quick: str | None = None,
+           cases: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """A script's parser: the first paragraph of its docstring and ``--out`` (default ``out``);
+    with ``quick`` (its help) a ``--quick`` flag, with ``cases`` a ``--cases A,B`` option
+    (a list of those names, None when not given)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--out", type=pathlib.Path, default=out,
                    help=f"write {name}.json and {name}.md here")
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    if cases is not None:
+        p.add_argument("--cases", type=lambda text: text.split(","), default=None,
+                       help=f"comma-separated subset of {','.join(cases)}")
     return p
 
 
@@ -90,8 +98,7 @@ def quick_main(doc: str, name: str, measure: Callable[..., Any],
                markdown: Callable[[Any], str], argv: list[str] | None) -> Any:
     """The command line of a script whose one option is ``--quick`` (and ``--out``):
     ``measure(quick=...)``, then :func:`publish` its ``markdown``; returns the record."""
-    p = parser(doc, name)
-    p.add_argument("--quick", action="store_true", help="a small network, fewer steps")
+    p = parser(doc, name, quick="a small network, fewer steps")
     args = p.parse_args(argv)
     record = measure(quick=args.quick)
     publish(args.out, name, record, markdown(record))

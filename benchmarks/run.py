@@ -3,6 +3,10 @@
 ::
 
     python -m benchmarks.run [--quick] [--out DIR] [--shapes {full,tiny}] [--cases NAME,...]
+    python -m benchmarks.run --device [--quick] [--out DIR] [--max-seconds S]
+
+``--device`` runs :mod:`benchmarks.device` instead: layer/RMS norm passes
+on the accelerator JAX sees (its own flags and ``benchmarks/results/device``).
 
 Every case times its functions in one process with the benchmarks' one
 harness (:mod:`benchmarks.harness`: round-robin, one timing of each function
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +130,9 @@ def copy_of(x: jax.Array) -> Callable[[], Any]:
 # --------------------------------------------------------------------------
 
 
-def _norm_inputs(shape, seed):
+def norm_inputs(shape, seed):
+    """``(x, scale, bias, dy)``, float32 NumPy: x and dy standard normal of ``shape``
+    (rows, width), scale ``1 + 0.1 N`` and bias ``0.1 N`` of the width."""
     rng = np.random.default_rng(seed)
     rows, width = shape
     x = rng.standard_normal(shape).astype(np.float32)
@@ -186,7 +193,7 @@ def _norm_fb_cases(config: Config, kind: str) -> list[Case]:
     title = {"ln": "LayerNorm", "rms": "RMSNorm"}[kind]
     cases = []
     for shape in config.norm_shapes:
-        x, scale, bias, dy = _norm_inputs(shape, config.seed)
+        x, scale, bias, dy = norm_inputs(shape, config.seed)
         names = _norm_modules(kind)[2]
         params = dict(zip(names, (jnp.asarray(scale), jnp.asarray(bias))))
         xj, dyj = jnp.asarray(x), jnp.asarray(dy)
@@ -222,7 +229,7 @@ def rms_fb(config: Config) -> list[Case]:
 def ln_fwd(config: Config) -> list[Case]:
     cases = []
     for shape in config.norm_shapes:
-        x, scale, bias, _ = _norm_inputs(shape, config.seed)
+        x, scale, bias, _ = norm_inputs(shape, config.seed)
         ours, theirs, _ = _norm_modules("ln")
         params = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
         xj = jnp.asarray(x)
@@ -252,7 +259,7 @@ def ln_memory(config: Config) -> list[Case]:
     cases = []
     for kind in ("ln", "rms"):
         for shape in config.norm_shapes:
-            x, scale, bias, dy = _norm_inputs(shape, config.seed)
+            x, scale, bias, dy = norm_inputs(shape, config.seed)
             names = _norm_modules(kind)[2]
             params = dict(zip(names, (jnp.asarray(scale), jnp.asarray(bias))))
             args = (jnp.asarray(x), jnp.asarray(dy), params)
@@ -307,8 +314,11 @@ def _flax_lstm_grad(model: nn.Module, xs: jax.Array) -> Callable[[], Any]:
     return jax_call(jax.jit(jax.value_and_grad(loss)), params, xs)
 
 
-@register("lstm")
-def lstm(config: Config) -> list[Case]:
+def lstm_case(config: Config, *, flax_cell: Callable[[int], nn.RNNCellBase] = nn.LSTMCell,
+              torch_device: str | None = "cpu") -> Case:
+    """The LSTM layers' forward + backward at ``config.lstm``: lnjax's LN-LSTM and plain
+    LSTM, flax's ``RNN(flax_cell(H))`` and LN-LSTM, and ``torch.nn.LSTM`` on
+    ``torch_device`` (None: no PyTorch; ``"cuda"``: cuDNN, waited for)."""
     steps, batch, features, hidden = config.lstm
     xs = np.random.default_rng(config.seed).standard_normal(
         (batch, steps, features)).astype(np.float32)
@@ -317,24 +327,31 @@ def lstm(config: Config) -> list[Case]:
     case.functions["copy"] = copy_of(jnp.zeros((steps * batch, 4 * hidden), jnp.float32))
     case.functions["lnjax LN-LSTM"] = _flax_lstm_grad(lnn.LNLSTM(hidden), xj)
     case.functions["lnjax LSTM"] = _flax_lstm_grad(lnn.LNLSTM(hidden, layer_norm=False), xj)
-    case.functions["flax LSTM"] = _flax_lstm_grad(nn.RNN(nn.LSTMCell(hidden)), xj)
+    case.functions["flax LSTM"] = _flax_lstm_grad(nn.RNN(flax_cell(hidden)), xj)
     case.functions["flax LN-LSTM"] = _flax_lstm_grad(nn.RNN(FlaxLNLSTMCell(hidden)), xj)
-    if torch is not None:
-        layer = torch.nn.LSTM(features, hidden, batch_first=True)
-        xt = torch.from_numpy(xs)
+    if torch is not None and torch_device is not None:
+        layer = torch.nn.LSTM(features, hidden, batch_first=True).to(torch_device)
+        xt = torch.from_numpy(xs).to(torch_device)
+        wait = torch.cuda.synchronize if torch_device.startswith("cuda") else (lambda: None)
 
         def torch_lstm():
             for p in layer.parameters():
                 p.grad = None
             (layer(xt)[0] ** 2).sum().backward()
+            wait()
         case.functions["torch LSTM"] = torch_lstm
     case.ratios = [TimeRatio("flax LSTM", "lnjax LN-LSTM", 1.0),
                    TimeRatio("flax LN-LSTM", "lnjax LN-LSTM", 1.7),
                    TimeRatio("flax LSTM", "lnjax LSTM")]
-    if torch is not None:
+    if "torch LSTM" in case.functions:
         case.ratios.append(TimeRatio("torch LSTM", "lnjax LN-LSTM"))
     case.note = "copy: one pass over the (T*B, 4H) gate pre-activations"
-    return [case]
+    return case
+
+
+@register("lstm")
+def lstm(config: Config) -> list[Case]:
+    return [lstm_case(config)]
 
 
 # --------------------------------------------------------------------------
@@ -449,14 +466,20 @@ def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAUL
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = report.parser(__doc__, "results", out=DEFAULT_OUT)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--device" in argv:
+        from benchmarks import device
+
+        device.main([a for a in argv if a != "--device"])
+        return
+    parser = report.parser(__doc__, "results", out=DEFAULT_OUT,
+                           quick="fewer, shorter rounds", cases=CASES)
+    parser.add_argument("--device", action="store_true",
+                        help="time on the accelerator instead (python -m benchmarks.device "
+                             "--help for its flags)")
     parser.add_argument("--shapes", choices=("full", "tiny"), default="full")
-    parser.add_argument("--cases", default=None,
-                        help=f"comma-separated subset of {','.join(CASES)}")
     args = parser.parse_args(argv)
-    results = run(quick=args.quick, shapes=args.shapes, out=args.out,
-                  cases=None if args.cases is None else args.cases.split(","))
+    results = run(quick=args.quick, shapes=args.shapes, out=args.out, cases=args.cases)
     print(markdown(results))
     print(f"wrote {args.out}/results.json, results.md, results.png")
 

@@ -1,0 +1,225 @@
+"""The device benchmark (``python -m benchmarks.run --device``) in quick mode on this CPU.
+
+No timing is asserted (timings are noisy here): what is checked is that every
+(case, pass, dtype, library) that ran is recorded with a positive time and
+bandwidth, the byte model, the skips (PyTorch, CUDA, the time budget) with
+their notes, the correctness check that keeps a broken kernel from being
+timed, and the files written.
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import device, harness
+from benchmarks import run as cpu_suite
+
+QUICK_SHAPE = device.QUICK["shapes"][0]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick run of layer norm and the LSTM through ``benchmarks.run --device``."""
+    out = tmp_path_factory.mktemp("device")
+    cpu_suite.main(["--device", "--quick", "--cases", "layer_norm,lstm", "--out", str(out)])
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_writes_three_files_with_the_device_named(quick_run):
+    out, results = quick_run
+    for name in ("results.json", "results.md", "results.png"):
+        assert (out / name).stat().st_size > 0
+    first = jax.devices()[0]
+    assert results["device"]["device_kind"] == first.device_kind
+    assert results["device"]["platform"] == first.platform
+    assert results["quick"] is True and results["skipped"] == []
+    md = (out / "results.md").read_text()
+    assert md.startswith(f"Device: **{first.device_kind}** (platform {first.platform}")
+
+
+def test_every_timed_pass_is_recorded_with_time_and_bandwidth(quick_run):
+    _, results = quick_run
+    groups = results["groups"]
+    assert [(g["case"], g["dtype"]) for g in groups] == [("layer_norm", "f32"),
+                                                         ("layer_norm", "bf16")]
+    jax_libraries = {"lnjax xla", "lnjax pallas", "flax"}
+    for group in groups:
+        assert group["errors"] == {}, group["errors"]
+        assert set(group["checks"]) == jax_libraries
+        assert all(err <= device.TOLERANCE[group["dtype"]] for err in group["checks"].values())
+        ran = {(r["library"], r["pass"]) for r in group["rows"]}
+        assert ran == {(lib, p) for lib in jax_libraries for p in device.PASSES}
+        for row in group["rows"]:
+            assert row["ms"] > 0 and row["gb_per_s"] > 0 and row["copy_fraction"] > 0
+            assert row["device_ms"] is not None and row["device_ms"] > 0
+            assert row["basis"] == "wall"  # on a CPU
+            nbytes = device.pass_bytes("layer_norm", row["pass"], QUICK_SHAPE, group["dtype"])
+            assert (row["bytes_read"], row["bytes_written"]) == (nbytes["read"],
+                                                                 nbytes["written"])
+            total = nbytes["read"] + nbytes["written"]
+            assert row["gb_per_s"] == pytest.approx(total / row["ms"] / 1e6)
+        assert group["copy_ms"] > 0 and group["copy_gb_per_s"] > 0
+        assert group["copies"] == device.copies(QUICK_SHAPE, group["dtype"]) == 16
+        labels = [r["label"] for r in group["ratios"]]
+        assert labels == ["flax: forward_backward / lnjax xla: forward_backward",
+                          "flax: forward_backward / lnjax pallas: forward_backward"]
+    # The targets: copy fractions of the forward and backward of both lnjax kernels,
+    # and the speed-up over flax; tokamax's shape is not in a quick run.
+    names = {t["target"] for t in results["targets"]}
+    assert names == {"forward ≥ 0.85 × copy bandwidth", "backward ≥ 0.75 × copy bandwidth",
+                     "forward+backward ≥ 1.5× flax (flax / lnjax time)"}
+    assert all(isinstance(t["met"], bool) for t in results["targets"])
+    md = (quick_run[0] / "results.md").read_text()
+    assert "| layer_norm 16x1000 bf16 | forward saving stats |" in md
+    assert "| forward ≥ 0.85 × copy bandwidth |" in md
+
+
+def test_lstm_is_timed_against_flax(quick_run):
+    _, results = quick_run
+    lstm = results["lstm"]
+    assert {"lnjax LN-LSTM", "flax LSTM", "copy"} <= set(lstm["median_ms"])
+    assert all(ms > 0 for ms in lstm["median_ms"].values())
+    assert all(r["target"] is None for r in lstm["ratios"])
+    assert "torch LSTM" not in lstm["median_ms"]  # no CUDA here
+
+
+def test_torch_without_cuda_is_skipped_with_a_note(quick_run, monkeypatch):
+    _, results = quick_run
+    rows = [r for g in results["groups"] for r in g["rows"]]
+    assert not any(r["library"] == "torch" for r in rows)
+    assert results["device"]["torch_device"] is None
+    note = results["device"]["torch_note"]
+    assert note in results["notes"]
+    if device.torch is not None:
+        assert "sees no CUDA device" in note
+    monkeypatch.setattr(device, "torch", None)
+    info = device.device_info()
+    assert info["torch_device"] is None
+    assert info["torch_note"] == "PyTorch is not installed: its cases are skipped"
+
+
+def test_byte_model_is_the_hand_count():
+    rows, width = 4096, 1024
+    e = 2  # bf16
+    x = rows * width * e
+    ln_forward = device.pass_bytes("layer_norm", "forward", (rows, width), "bf16")
+    assert ln_forward == {"read": x + 2 * width * e, "written": x}
+    ln_backward = device.pass_bytes("layer_norm", "backward", (rows, width), "bf16")
+    # reads x, dy, scale and mean + 1/sigma (f32) per row; writes dx, dscale, dbias
+    assert ln_backward == {"read": 2 * x + width * e + 8 * rows, "written": x + 2 * width * e}
+    assert ln_backward == {"read": 16_812_032, "written": 8_392_704}
+    rms_stats = device.pass_bytes("rms_norm", "forward_stats", (16384, 256), "f32")
+    assert rms_stats == {"read": 16384 * 256 * 4 + 256 * 4,
+                         "written": 16384 * 256 * 4 + 4 * 16384}
+    both = device.pass_bytes("rms_norm", "forward_backward", (16384, 256), "f32")
+    back = device.pass_bytes("rms_norm", "backward", (16384, 256), "f32")
+    assert both == {k: rms_stats[k] + back[k] for k in both}
+    assert device.copy_bytes((rows, width), "bf16") == 2 * x
+    # copies of x rotated among: 256 MiB of x, 1 to 16 copies
+    assert device.copies((589824, 128), "f32") == 1  # 288 MiB
+    assert device.copies((589824, 128), "bf16") == 2  # 144 MiB
+    assert device.copies((4096, 1024), "f32") == 16  # 16 MiB
+    with pytest.raises(ValueError, match="unknown pass"):
+        device.pass_bytes("layer_norm", "sideways", (rows, width), "f32")
+    result = doctest.testmod(device)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_broken_or_failing_library_is_reported_not_timed(monkeypatch):
+    real = device.jax_norm
+
+    def jax_norm(case, library):
+        f = real(case, library)
+        if library == "lnjax pallas":
+            return lambda x, *p: f(x, *p) + 1  # wrong by one everywhere
+        if library == "flax":
+            def fails(x, *p):
+                raise NotImplementedError("no such kernel")
+            return fails
+        return f
+
+    monkeypatch.setattr(device, "jax_norm", jax_norm)
+    config = device.Config(**device.QUICK)
+    inputs = cpu_suite.norm_inputs((8, 256), 0)
+    group = device.run_group("rms_norm", (8, 256), "f32", inputs, config, None)
+    assert group["errors"]["lnjax pallas"].startswith("check failed")
+    assert group["errors"]["flax"] == "NotImplementedError: no such kernel"
+    assert {r["library"] for r in group["rows"]} == {"lnjax xla"}
+    assert {r["pass"] for r in group["rows"]} == set(device.PASSES)
+
+
+def test_torch_passes_match_the_reference_and_are_timed():
+    """PyTorch's four passes (on CUDA in a device run) checked and timed here on its CPU."""
+    pytest.importorskip("torch")
+    config = device.Config(**device.QUICK)
+    inputs = cpu_suite.norm_inputs((8, 256), 1)
+    for case, dtype in (("layer_norm", "bf16"), ("rms_norm", "f32")):
+        group = device.run_group(case, (8, 256), dtype, inputs, config, "cpu")
+        assert group["errors"] == {}, group["errors"]
+        assert group["checks"]["torch"] <= device.TOLERANCE[dtype]
+        torch_rows = [r for r in group["rows"] if r["library"] == "torch"]
+        assert {r["pass"] for r in torch_rows} == set(device.PASSES)
+        assert all(r["ms"] > 0 and r["gb_per_s"] > 0 and r["device_ms"] is None
+                   for r in torch_rows)
+        labels = {r["label"] for r in group["ratios"]}
+        assert "torch: forward_backward / lnjax xla: forward_backward" in labels
+
+
+def test_max_seconds_skips_with_a_note(tmp_path, capsys):
+    results = device.main(["--quick", "--max-seconds", "0", "--out", str(tmp_path)])
+    assert results["groups"] == [] and results["lstm"] is None
+    assert results["skipped"] == ["layer_norm 16x1000 f32", "layer_norm 16x1000 bf16", "lstm",
+                                  "rms_norm 16x1000 f32", "rms_norm 16x1000 bf16"]
+    (skip_note,) = [n for n in results["notes"] if "--max-seconds 0" in n]
+    assert skip_note.endswith(": " + ", ".join(results["skipped"]))
+    for name in ("results.json", "results.md", "results.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "No group was timed." in md and "- skipped, as the time budget" in md
+    assert "wrote " in capsys.readouterr().out
+
+
+def test_budget_predicts_the_next_group_from_the_longest():
+    now = [0.0]
+    budget = device.Budget(10.0, clock=lambda: now[0])
+    assert budget.allows()  # nothing measured yet
+    now[0] = 3.0
+    budget.took(3.0)
+    assert budget.allows()  # 3 + 3 <= 10
+    now[0] = 7.5
+    assert not budget.allows()  # 7.5 + 3 > 10
+    assert budget.skip_note(["a", "b"]).endswith("(elapsed 8 s, longest group 3 s): a, b")
+
+
+def test_pipelined_timing_waits_once_per_timing():
+    waits, calls = [], []
+
+    class Token:
+        def block_until_ready(self):
+            waits.append(len(calls))
+
+    def start():
+        calls.append(1)
+        return Token()
+
+    times = harness.time_interleaved({"f": start}, rounds=3, pipelined=True, min_time=1e-4)
+    repeats = (len(calls) - 2) // 3  # warm-up and calibration, then 3 timings
+    assert len(times["f"]) == 3 and repeats >= 1
+    assert len(waits) == 2 + 3  # one wait per call outside the timings, one per timing
+    assert waits[2:] == [2 + repeats * (i + 1) for i in range(3)]  # after the last call
+
+
+def test_device_times_finds_each_named_program():
+    def scaled_sine(x):
+        return jnp.sin(x) * 2
+
+    x = jnp.ones((64, 64))
+    compiled = jax.jit(scaled_sine).lower(x).compile()
+    times = harness.device_times({"sine": lambda: compiled(x), "absent": lambda: compiled(x)},
+                                 {"sine": "jit_scaled_sine", "absent": "jit_nothing"}, calls=2)
+    assert set(times) == {"sine"} and times["sine"] > 0
