@@ -4,24 +4,43 @@ Pure NumPy: nothing here imports jax, and ``tensorflow_datasets`` is imported
 only when a TFDS source is tried, so this module works without it.
 
 :func:`load` returns a :class:`Dataset` of float32 images in ``[0, 1]`` shaped
-``(N, 28, 28)`` and int32 labels. It looks for the data in these places, in
-this order (``source="auto"``), and uses the first that has it:
+``(N, 28, 28)`` and int32 labels. Where it looks:
 
-1. **IDX files in** ``data_dir`` (when given): the four MNIST-format files
-   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-   ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each gzipped
-   (``.gz``) or plain, in ``data_dir/<name>`` or in ``data_dir`` itself.
-2. **TFDS**: ``tfds.data_source(name, split=..., data_dir=data_dir,
-   download=False)`` reads a data set prepared in the ``array_record`` format,
-   without TensorFlow. Nothing is ever downloaded.
-3. **IDX folders on disk**: ``$LNJAX_DATA_DIR/<name>``, ``$LNJAX_DATA_DIR``,
-   ``~/.cache/lnjax/<name>``, and the Debian/Ubuntu package folders
-   ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``)
-   and ``/usr/share/datasets/mnist``.
+* **With** ``data_dir`` **given, there and nowhere else**: the IDX files in
+  ``data_dir/<name>`` (also spelled with hyphens, as Debian does) or in
+  ``data_dir`` itself, then a TFDS data set prepared in ``data_dir``. When
+  neither is there, :class:`DataNotFoundError` names the folder: a folder the
+  user names is never silently replaced by another copy.
+* **Without** ``data_dir``, in this order (``source="auto"``), the first that
+  has it:
 
-``source="tfds"`` tries step 2 only, ``source="idx"`` steps 1 and 3 only. When
+  1. **TFDS**: ``tfds.data_source(name, split=..., download=False)`` reads a
+     data set prepared in the ``array_record`` format (in TFDS's own data
+     folder), without TensorFlow. Nothing is ever downloaded.
+  2. **IDX folders on disk**: ``$LNJAX_DATA_DIR/<name>``, ``$LNJAX_DATA_DIR``,
+     ``~/.cache/lnjax/<name>``, and the Debian/Ubuntu package folders
+     ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``)
+     and ``/usr/share/datasets/mnist``.
+
+The IDX files are the four MNIST-format files ``train-images-idx3-ubyte``,
+``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+``t10k-labels-idx1-ubyte``, each gzipped (``.gz``) or plain.
+``source="tfds"`` tries TFDS only, ``source="idx"`` IDX folders only. When
 nothing is found, :class:`DataNotFoundError` (a ``FileNotFoundError``) says
 how to get the data and lists every place that was tried.
+
+**Identity.** What an IDX data set *is* is taken from its files, not from the
+name asked for or the folder's name: the sha256 of each file (as stored, and
+of its decompressed bytes) is compared with the published checksums of MNIST,
+Fashion-MNIST and KMNIST (:data:`KNOWN_SHA256`). ``Dataset.identity`` says
+``"fashion_mnist (verified by checksum)"`` or ``"unknown IDX data in
+<folder>"``; unknown files are read all the same, under the name asked for.
+Files that are verified as another data set than the one asked for are an
+error (:class:`WrongDataSetError`); :func:`load_splits` with ``"auto"`` names
+the run after them instead.
+
+**One source per run.** :func:`load_splits` takes train, validation and test
+from one place, or raises ``ValueError`` naming the places.
 
 Splits follow the paper, which holds out 5,000 training examples for
 validation: ``"train"`` is the first 55,000 of the 60,000 training examples,
@@ -37,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
 import zlib
 from pathlib import Path
@@ -50,6 +70,8 @@ __all__ = [
     "SPLITS",
     "DataNotFoundError",
     "Dataset",
+    "KNOWN_SHA256",
+    "WrongDataSetError",
     "batches",
     "describe",
     "load",
@@ -82,6 +104,67 @@ _DEBIAN_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
 }
 
+KNOWN_SHA256: dict[str, tuple[str, str, str]] = {
+    # MNIST: the .gz files as published (storage.googleapis.com/cvdf-datasets/mnist, byte
+    # copies of yann.lecun.com's); tensorflow-datasets 4.9.10, url_checksums/mnist.txt.
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609":
+        ("mnist", "train-images-idx3-ubyte", "gz"),
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c":
+        ("mnist", "train-labels-idx1-ubyte", "gz"),
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6":
+        ("mnist", "t10k-images-idx3-ubyte", "gz"),
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6":
+        ("mnist", "t10k-labels-idx1-ubyte", "gz"),
+    # Fashion-MNIST: the .gz files as published (fashion-mnist.s3-website.eu-central-1.
+    # amazonaws.com, the same bytes as github.com/zalandoresearch/fashion-mnist data/fashion);
+    # tensorflow-datasets 4.9.10, url_checksums/fashion_mnist.txt.
+    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84":
+        ("fashion_mnist", "train-images-idx3-ubyte", "gz"),
+    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845":
+        ("fashion_mnist", "train-labels-idx1-ubyte", "gz"),
+    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073":
+        ("fashion_mnist", "t10k-images-idx3-ubyte", "gz"),
+    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5":
+        ("fashion_mnist", "t10k-labels-idx1-ubyte", "gz"),
+    # Fashion-MNIST: the .gz files of Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1
+    # (/usr/share/datasets/fashion-mnist; recompressed, so other bytes than the published ones).
+    "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7":
+        ("fashion_mnist", "train-images-idx3-ubyte", "gz"),
+    "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056":
+        ("fashion_mnist", "train-labels-idx1-ubyte", "gz"),
+    "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa":
+        ("fashion_mnist", "t10k-images-idx3-ubyte", "gz"),
+    "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05":
+        ("fashion_mnist", "t10k-labels-idx1-ubyte", "gz"),
+    # Fashion-MNIST: the decompressed (raw) IDX files, whatever the compression; computed from
+    # Debian's files (the labels' also from the published .gz files, which give the same).
+    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888":
+        ("fashion_mnist", "train-images-idx3-ubyte", "raw"),
+    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9":
+        ("fashion_mnist", "train-labels-idx1-ubyte", "raw"),
+    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b":
+        ("fashion_mnist", "t10k-images-idx3-ubyte", "raw"),
+    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34":
+        ("fashion_mnist", "t10k-labels-idx1-ubyte", "raw"),
+    # KMNIST: the .gz files as published (codh.rois.ac.jp/kmnist/dataset/kmnist);
+    # tensorflow-datasets 4.9.10, url_checksums/kmnist.txt.
+    "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4":
+        ("kmnist", "train-images-idx3-ubyte", "gz"),
+    "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17":
+        ("kmnist", "train-labels-idx1-ubyte", "gz"),
+    "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5":
+        ("kmnist", "t10k-images-idx3-ubyte", "gz"),
+    "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c":
+        ("kmnist", "t10k-labels-idx1-ubyte", "gz"),
+}
+"""The sha256 of known IDX files: ``{digest: (data set, file name without .gz, form)}``.
+
+``form`` is ``"gz"`` for the digest of a gzipped file as stored and ``"raw"``
+for the digest of the decompressed bytes. A file is recognised when either
+digest of it is here (a recompressed file has other ``.gz`` bytes but the same
+raw ones).
+"""
+
 
 class Dataset(NamedTuple):
     """One split of a data set, in memory."""
@@ -91,10 +174,27 @@ class Dataset(NamedTuple):
     name: str  # "mnist", "fashion_mnist" or "kmnist"
     split: str  # "train", "validation", "test" or "train_full"
     source: str  # where it came from: "idx:<folder>" or "tfds:<name> (<folder>)"
+    # What the files are: "<name> (verified by checksum)", "unknown IDX data in <folder>",
+    # or "<name> (TFDS data set, not verified by checksum)".
+    identity: str = "not checked"
+    sha256: tuple[tuple[str, str], ...] = ()  # (file name, sha256 of its bytes as stored)
+
+    @property
+    def verified(self) -> bool:
+        """Whether the checksums of the files say they are the data set ``name``."""
+        return self.identity == _verified(self.name)
 
 
 class DataNotFoundError(FileNotFoundError):
     """No source had the data; the message says how to get it."""
+
+
+class WrongDataSetError(ValueError):
+    """The files are verified, by their checksums, as another data set than the one asked for."""
+
+
+def _verified(name: str) -> str:
+    return f"{name} (verified by checksum)"
 
 
 # --------------------------------------------------------------------------
@@ -167,11 +267,18 @@ def _tfds_split(split: str) -> str:
 # --------------------------------------------------------------------------
 
 
+class _IdxFile(NamedTuple):
+    array: np.ndarray  # the uint8 contents, read-only
+    sha256: str  # of the file's bytes as stored
+    raw_sha256: str  # of the decompressed bytes (the same as sha256 for a plain file)
+
+
 @functools.lru_cache(maxsize=16)
-def _read_idx_cached(path: str, mtime_ns: int, size: int, magic: int) -> np.ndarray:
+def _read_idx_cached(path: str, mtime_ns: int, size: int, magic: int) -> _IdxFile:
     del mtime_ns, size  # in the key only: a file rewritten in place is read again
     with open(path, "rb") as f:
         raw = f.read()
+    stored_sha256 = hashlib.sha256(raw).hexdigest()
     if raw[:2] == b"\x1f\x8b":  # gzip, whatever the name says
         try:
             raw = gzip.decompress(raw)
@@ -195,17 +302,50 @@ def _read_idx_cached(path: str, mtime_ns: int, size: int, magic: int) -> np.ndar
                          f"{len(raw)} bytes.")
     array = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
     array.flags.writeable = False  # shared by every caller of the cache
-    return array
+    return _IdxFile(array, stored_sha256, hashlib.sha256(raw).hexdigest())
 
 
-def _read_idx(path: Path, *, magic: int) -> np.ndarray:
-    """The uint8 array in the IDX file ``path`` (gzipped or plain), read-only and cached.
+def _read_idx_file(path: Path, *, magic: int) -> _IdxFile:
+    """The IDX file ``path`` (gzipped or plain), parsed and cached, with its checksums.
 
     Raises ``ValueError`` naming the file when its magic number is not
     ``magic`` or its length does not match the sizes in its header.
     """
     st = path.stat()
     return _read_idx_cached(os.fspath(path.resolve()), st.st_mtime_ns, st.st_size, magic)
+
+
+def _read_idx(path: Path, *, magic: int) -> np.ndarray:
+    """The uint8 array in the IDX file ``path`` (gzipped or plain), read-only and cached."""
+    return _read_idx_file(path, magic=magic).array
+
+
+def _known_as(path: Path, file: _IdxFile) -> str | None:
+    """The data set whose file ``path`` is, by its checksums, or None.
+
+    The file must be the one of that name: a known test file found under a
+    training file's name is not recognised.
+    """
+    stem = path.name.removesuffix(".gz")
+    for digest in (file.sha256, file.raw_sha256):
+        known = KNOWN_SHA256.get(digest)
+        if known is not None and known[1] == stem:
+            return known[0]
+    return None
+
+
+def _identity(folder: Path, files: dict[Path, _IdxFile]) -> str:
+    """``"<name> (verified by checksum)"`` when every file is one of ``name``'s, else
+    ``"unknown IDX data in <folder>"``."""
+    names = {_known_as(path, f) for path, f in files.items()}
+    if len(names) == 1 and None not in names:
+        return _verified(names.pop())
+    return f"unknown IDX data in {folder}"
+
+
+def _verified_name(identity: str) -> str | None:
+    """The name in a ``"<name> (verified by checksum)"`` identity, or None."""
+    return next((n for n in NAMES if identity == _verified(n)), None)
 
 
 def _find_idx_pair(folder: Path, part: str) -> tuple[Path, Path] | str:
@@ -227,8 +367,9 @@ def _find_idx_pair(folder: Path, part: str) -> tuple[Path, Path] | str:
 
 def _load_idx(folder: Path, name: str, split: str, files: tuple[Path, Path]) -> Dataset:
     images_path, labels_path = files
-    images = _read_idx(images_path, magic=_IMAGES_MAGIC)
-    labels = _read_idx(labels_path, magic=_LABELS_MAGIC)
+    images_file = _read_idx_file(images_path, magic=_IMAGES_MAGIC)
+    labels_file = _read_idx_file(labels_path, magic=_LABELS_MAGIC)
+    images, labels = images_file.array, labels_file.array
     if images.shape[1:] != _IMAGE_SHAPE:
         raise ValueError(f"load: {images_path} holds images of shape {images.shape[1:]}, "
                          f"expected {_IMAGE_SHAPE}.")
@@ -237,7 +378,10 @@ def _load_idx(folder: Path, name: str, split: str, files: tuple[Path, Path]) -> 
                          f"holds {len(labels)} labels; they must be equal.")
     _check_labels(labels, where=os.fspath(labels_path))
     _, sl = _split_slice(split, len(images))
-    return _make_dataset(images[sl], labels[sl], name, split, f"idx:{folder}")
+    checked = {images_path: images_file, labels_path: labels_file}
+    return _make_dataset(images[sl], labels[sl], name, split, f"idx:{folder}",
+                         identity=_identity(folder, checked),
+                         sha256=tuple((p.name, f.sha256) for p, f in checked.items()))
 
 
 def _candidate_folders(base: Path, name: str) -> list[Path]:
@@ -312,7 +456,8 @@ def _load_tfds(name: str, split: str, data_dir: str | os.PathLike | None,
     info = getattr(source, "dataset_info", None)
     path = getattr(info, "data_dir", None) or where
     _check_labels(labels, where=f"tfds:{name}")
-    return _make_dataset(images, labels, name, split, f"tfds:{name} ({path})")
+    return _make_dataset(images, labels, name, split, f"tfds:{name} ({path})",
+                         identity=f"{name} (TFDS data set, not verified by checksum)")
 
 
 # --------------------------------------------------------------------------
@@ -327,18 +472,27 @@ def _check_labels(labels: np.ndarray, *, where: str) -> None:
 
 
 def _make_dataset(images: np.ndarray, labels: np.ndarray, name: str, split: str,
-                  source: str) -> Dataset:
+                  source: str, *, identity: str,
+                  sha256: tuple[tuple[str, str], ...] = ()) -> Dataset:
     """Fresh float32 images in [0, 1] and int32 labels (never views of a cached array)."""
     scaled = images.astype(np.float32)
     scaled /= np.float32(255.0)
     return Dataset(images=scaled,
                    labels=labels.astype(np.int32, copy=True),
-                   name=name, split=split, source=source)
+                   name=name, split=split, source=source, identity=identity, sha256=sha256)
 
 
-def _not_found_message(name: str, split: str, source: str, tried: list[str]) -> str:
+def _not_found_message(name: str, split: str, source: str, tried: list[str],
+                       data_dir: str | os.PathLike | None) -> str:
+    head = f"load: no data found for {name!r} (split {split!r}, source={source!r})"
+    if data_dir is None:
+        head = [head + "."]
+    else:
+        head = [head + f" in data_dir={os.fspath(data_dir)}.",
+                "A data_dir given is the only place looked: not TFDS's default folder, "
+                "$LNJAX_DATA_DIR, ~/.cache/lnjax nor /usr/share/datasets."]
     lines = [
-        f"load: no data found for {name!r} (split {split!r}, source={source!r}).",
+        *head,
         "Tried, in order:",
         *(f"  - {t}" for t in tried),
         "To get the data, do one of:",
@@ -352,46 +506,15 @@ def _not_found_message(name: str, split: str, source: str, tried: list[str]) -> 
         "     and pass data_dir=FOLDER (--data-dir FOLDER on the command line), or set",
         f"     LNJAX_DATA_DIR=FOLDER, or copy them to ~/.cache/lnjax/{name}.",
         "  3. Debian/Ubuntu, fashion_mnist only: sudo apt-get install dataset-fashion-mnist",
-        "     (installs the IDX files in /usr/share/datasets/fashion-mnist).",
+        "     (installs the IDX files in /usr/share/datasets/fashion-mnist, found when no",
+        "     data_dir is given).",
     ]
     return "\n".join(lines)
 
 
-def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
-         source: str = "auto") -> Dataset:
-    """One split of MNIST, Fashion-MNIST or KMNIST as NumPy arrays.
-
-    Looks in ``data_dir`` (IDX files), then TFDS, then the IDX folders on disk
-    (see the module docstring); never downloads anything. Parsed IDX files are
-    cached in-process, so loading ``"train"`` and then ``"validation"`` reads
-    the training file once; every call returns fresh arrays.
-
-    Args:
-      name: ``"mnist"``, ``"fashion_mnist"`` or ``"kmnist"``.
-      split: ``"train"`` (the first 55,000 training examples), ``"validation"``
-        (the last 5,000), ``"test"`` (10,000) or ``"train_full"`` (60,000).
-      data_dir: a folder with the IDX files (directly or in a subfolder named
-        after the data set), or a TFDS data directory.
-      source: ``"auto"`` (every source, in order), ``"idx"`` or ``"tfds"``.
-
-    Returns:
-      A :class:`Dataset`: float32 images in ``[0, 1]`` shaped ``(N, 28, 28)``,
-      int32 labels shaped ``(N,)``, and a ``source`` saying where they came from.
-
-    Raises:
-      DataNotFoundError: no source has the data (a ``FileNotFoundError``); the
-        message says how to get it and lists the places tried.
-      ValueError: an unknown name, split or source, or a malformed IDX file
-        (the message names the file).
-
-    Example (needs the data; ``tests/test_data.py`` runs it on real files)::
-
-      ds = load("fashion_mnist", "test")
-      ds.images.shape, ds.labels.shape  # ((10000, 28, 28), (10000,))
-    """
-    _check_choice(name, NAMES, fn="load", name="name")
-    _check_choice(split, SPLITS, fn="load", name="split")
-    _check_choice(source, _SOURCES, fn="load", name="source")
+def _load(name: str, split: str, data_dir: str | os.PathLike | None, source: str) -> Dataset:
+    """:func:`load` without the argument checks and without comparing the name asked for with
+    the files' identity."""
     part = "test" if split == "test" else "train"
     tried: list[str] = []
 
@@ -407,49 +530,159 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
             return _load_idx(folder, name, split, found)
         return None
 
-    if source in ("auto", "idx") and data_dir is not None:
-        ds = from_folders(_candidate_folders(Path(data_dir).expanduser(), name))
-        if ds is not None:
-            return ds
-    if source in ("auto", "tfds"):
-        ds = _load_tfds(name, split, data_dir, tried)
-        if ds is not None:
-            return ds
-    if source in ("auto", "idx"):
-        ds = from_folders(_idx_search_dirs(name))
-        if ds is not None:
-            return ds
-    raise DataNotFoundError(_not_found_message(name, split, source, tried))
+    if data_dir is not None:  # the only place looked
+        if source in ("auto", "idx"):
+            ds = from_folders(_candidate_folders(Path(data_dir).expanduser(), name))
+            if ds is not None:
+                return ds
+        if source in ("auto", "tfds"):
+            ds = _load_tfds(name, split, data_dir, tried)
+            if ds is not None:
+                return ds
+    else:
+        if source in ("auto", "tfds"):
+            ds = _load_tfds(name, split, None, tried)
+            if ds is not None:
+                return ds
+        if source in ("auto", "idx"):
+            ds = from_folders(_idx_search_dirs(name))
+            if ds is not None:
+                return ds
+    raise DataNotFoundError(_not_found_message(name, split, source, tried, data_dir))
+
+
+def _wrong_data_set(fn: str, asked: str, found: str, source: str) -> WrongDataSetError:
+    where = source.removeprefix("idx:")
+    return WrongDataSetError(
+        f"{fn}: the IDX files in {where} are {found} (their sha256 checksums are the published "
+        f"ones), not {asked!r}; ask for {found!r}, or point data_dir at the {asked} files.")
+
+
+def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+         source: str = "auto") -> Dataset:
+    """One split of MNIST, Fashion-MNIST or KMNIST as NumPy arrays.
+
+    With ``data_dir`` given, looks there only (its IDX files, then a TFDS data
+    set prepared in it); without, in TFDS's data folder, then the IDX folders
+    on disk (see the module docstring). Never downloads anything. Parsed IDX
+    files are cached in-process, so loading ``"train"`` and then
+    ``"validation"`` reads the training file once; every call returns fresh
+    arrays.
+
+    The IDX files' sha256 checksums say what they are
+    (:attr:`Dataset.identity`): ``"fashion_mnist (verified by checksum)"``,
+    or ``"unknown IDX data in <folder>"`` for files that are not the published
+    ones (read all the same, under ``name``).
+
+    Args:
+      name: ``"mnist"``, ``"fashion_mnist"`` or ``"kmnist"``.
+      split: ``"train"`` (the first 55,000 training examples), ``"validation"``
+        (the last 5,000), ``"test"`` (10,000) or ``"train_full"`` (60,000).
+      data_dir: a folder with the IDX files (directly or in a subfolder named
+        after the data set), or a TFDS data directory: the only place looked.
+      source: ``"auto"`` (every source, in order), ``"idx"`` or ``"tfds"``.
+
+    Returns:
+      A :class:`Dataset`: float32 images in ``[0, 1]`` shaped ``(N, 28, 28)``,
+      int32 labels shaped ``(N,)``, a ``source`` saying where they came from and
+      an ``identity`` saying what they are.
+
+    Raises:
+      DataNotFoundError: no source has the data (a ``FileNotFoundError``); the
+        message says how to get it and lists the places tried.
+      WrongDataSetError: the files are verified by their checksums as another
+        of :data:`NAMES` than ``name`` (a ``ValueError``).
+      ValueError: an unknown name, split or source, or a malformed IDX file
+        (the message names the file).
+
+    Example (needs the data; ``tests/test_data.py`` runs it on real files)::
+
+      ds = load("fashion_mnist", "test")
+      ds.images.shape, ds.labels.shape  # ((10000, 28, 28), (10000,))
+      ds.identity  # 'fashion_mnist (verified by checksum)'
+    """
+    _check_choice(name, NAMES, fn="load", name="name")
+    _check_choice(split, SPLITS, fn="load", name="split")
+    _check_choice(source, _SOURCES, fn="load", name="source")
+    ds = _load(name, split, data_dir, source)
+    found = _verified_name(ds.identity)
+    if found is not None and found != name:
+        raise _wrong_data_set("load", name, found, ds.source)
+    return ds
+
+
+def _check_one_source(name: str, splits: dict[str, Dataset]) -> None:
+    """Raises ``ValueError`` naming the places when the splits come from more than one."""
+    by_source: dict[str, list[str]] = {}
+    for split, ds in splits.items():
+        by_source.setdefault(ds.source, []).append(split)
+    if len(by_source) > 1:
+        places = "; ".join(f"{' and '.join(s)} from {src}" for src, s in by_source.items())
+        raise ValueError(
+            f"load_splits: the splits of {name!r} come from different places ({places}); a run "
+            "takes all of them from one. Put the four IDX files in one folder and pass it as "
+            "data_dir (--data-dir), or complete or remove the partial copy.")
+
+
+def _run_identity(splits: dict[str, Dataset]) -> str:
+    """The identity of the splits together: verified only when every split's files are."""
+    identities = [ds.identity for ds in splits.values()]
+    known: dict[str, str] = {}  # verified name -> "training" or "test" (the files)
+    for split, ds in splits.items():
+        found = _verified_name(ds.identity)
+        if found is not None:
+            known.setdefault(found, "test" if split == "test" else "training")
+    if len(known) > 1:
+        where = splits["train"].source.removeprefix("idx:")
+        raise ValueError(
+            f"load_splits: the IDX files in {where} mix data sets (by their sha256 checksums): "
+            + ", ".join(f"the {part} files are {n}'s" for n, part in known.items()) + ".")
+    unverified = [i for i in identities if _verified_name(i) is None]
+    return unverified[0] if unverified else identities[0]
 
 
 def load_splits(dataset: str = "auto", *, data_dir: str | os.PathLike | None = None,
                 train_examples: int | None = None) -> tuple[dict[str, Dataset], dict[str, Any]]:
-    """The train, validation and test splits of one data set, and a record of their source.
+    """The train, validation and test splits of one data set, and a record of what and where
+    they are.
 
-    ``dataset="auto"`` takes the first of ``mnist`` and ``fashion_mnist`` that
-    :func:`load` finds (all three splits from the same one), which is what the
-    experiments and notebooks do when no data set is named.
+    All three splits come from one place (one IDX folder or one TFDS data
+    set), or a ``ValueError`` names the places. ``dataset="auto"`` takes the
+    first of ``mnist`` and ``fashion_mnist`` that :func:`load` finds, and names
+    the run after the files' checksums when they are a known data set (the
+    Fashion-MNIST files in a ``data_dir`` are ``fashion_mnist``, whatever name
+    found them); that is what the experiments and notebooks do when no data set
+    is named.
 
     Args:
       dataset: ``"auto"`` or one of :data:`NAMES`.
-      data_dir: passed to :func:`load`.
+      data_dir: passed to :func:`load`: the only place looked.
       train_examples: keep only the first ``train_examples`` of the ``"train"``
         split (``None``: all of it); validation and test are never cut.
 
     Returns:
       ``(splits, info)``: ``splits`` maps ``"train"``, ``"validation"`` and
-      ``"test"`` to a :class:`Dataset`; ``info`` is ``{"name": ..., "source":
-      ..., "sizes": {split: number of examples}}``, ready for a results file.
+      ``"test"`` to a :class:`Dataset`; ``info`` is ``{"name": ...,
+      "source": ..., "identity": ..., "verified": ..., "sha256": {file:
+      digest}, "sizes": {split: number of examples}}``, ready for a results
+      file: ``identity`` is ``"<name> (verified by checksum)"`` when every
+      file is the published one, else ``"unknown IDX data in <folder>"`` (or,
+      for TFDS, ``"<name> (TFDS data set, not verified by checksum)"``).
 
     Raises:
       DataNotFoundError: no candidate was found; with ``"auto"`` the message
         holds every candidate's own message.
-      ValueError: an unknown ``dataset`` or a ``train_examples`` below 1.
+      WrongDataSetError: ``dataset`` names one data set and the files are
+        verified as another.
+      ValueError: the splits come from different places or mix data sets; an
+        unknown ``dataset`` or a ``train_examples`` below 1.
 
-    Example (``tests/test_data.py`` runs it on small IDX files)::
+    Example (``tests/test_data.py`` runs it on IDX files)::
 
-      splits, info = load_splits(data_dir="/data")
-      info  # {'name': 'mnist', 'source': 'idx:/data/mnist',
+      splits, info = load_splits(data_dir="/usr/share/datasets/fashion-mnist")
+      info  # {'name': 'fashion_mnist', 'source': 'idx:/usr/share/datasets/fashion-mnist',
+            #  'identity': 'fashion_mnist (verified by checksum)', 'verified': True,
+            #  'sha256': {'train-images-idx3-ubyte.gz': 'b0564c3e...', ...},
             #  'sizes': {'train': 55000, 'validation': 5000, 'test': 10000}}
     """
     _check_choice(dataset, ("auto", *NAMES), fn="load_splits", name="dataset")
@@ -460,7 +693,7 @@ def load_splits(dataset: str = "auto", *, data_dir: str | os.PathLike | None = N
     errors: list[FileNotFoundError] = []
     for name in names:
         try:
-            splits = {s: load(name, s, data_dir=data_dir)
+            splits = {s: _load(name, s, data_dir, "auto")
                       for s in ("train", "validation", "test")}
             break
         except FileNotFoundError as e:
@@ -469,12 +702,21 @@ def load_splits(dataset: str = "auto", *, data_dir: str | os.PathLike | None = N
         if len(errors) == 1:
             raise errors[0]
         raise DataNotFoundError("No data set found. " + "\n\n".join(str(e) for e in errors))
+    _check_one_source(name, splits)
+    identity = _run_identity(splits)
+    found = next(filter(None, (_verified_name(ds.identity) for ds in splits.values())), None)
+    if found is not None and found != name:
+        if dataset != "auto":
+            raise _wrong_data_set("load_splits", name, found, splits["train"].source)
+        name = found  # the files say what they are, not the name that found them
+        splits = {s: ds._replace(name=name) for s, ds in splits.items()}
     if train_examples is not None:
         tr = splits["train"]
         splits["train"] = tr._replace(images=tr.images[:train_examples],
                                       labels=tr.labels[:train_examples])
-    first = splits["train"]
-    info = {"name": first.name, "source": first.source,
+    info = {"name": name, "source": splits["train"].source, "identity": identity,
+            "verified": identity == _verified(name),
+            "sha256": dict(pair for ds in splits.values() for pair in ds.sha256),
             "sizes": {k: len(v.labels) for k, v in splits.items()}}
     return splits, info
 
@@ -577,7 +819,8 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lnjax.data [NAME ...]``: print the first data set found and its source.
+    """``python -m lnjax.data [NAME ...]``: print the first data set found, its source and
+    identity.
 
     Exits with status 0 when one of the names (default: mnist, fashion_mnist)
     loads, 1 otherwise, so scripts can install data only when none is found.
@@ -594,10 +837,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown data set(s) {unknown}; choose from {list(NAMES)}")
     for name in args.names:
         try:
-            print(describe(load(name, "test", data_dir=args.data_dir)))
-            return 0
+            ds = load(name, "test", data_dir=args.data_dir)
         except DataNotFoundError:
             continue
+        except WrongDataSetError as e:
+            print(e)
+            continue
+        print(describe(ds))
+        print(f"identity: {ds.identity}")
+        return 0
     print(f"none of {', '.join(args.names)} found; see lnjax.data.load's error for how to "
           "get one")
     return 1

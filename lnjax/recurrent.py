@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import checkify
 
 from lnjax.normalization import layer_norm
 
@@ -343,6 +344,15 @@ def masked_scan(step: Callable, carry: Any, xps: Array, *, valid: Array | None =
 
 def _check_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], steps: int,
                    name: str) -> Array:
+    """``seq_lengths`` as an array, checked against the batch shape and ``[0, steps]``.
+
+    Concrete lengths out of range raise ``ValueError`` at trace time. Traced
+    lengths (``jit`` arguments) cannot raise without a transformation that
+    carries errors out, so they are clamped to ``[0, steps]`` (as JAX clamps
+    out-of-range indices) and checked with :func:`jax.experimental.checkify.debug_check`:
+    ``checkify.checkify(f, errors=checkify.user_checks)`` reports the same
+    message; without ``checkify`` the check costs nothing.
+    """
     lengths = jnp.asarray(seq_lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"{name}: seq_lengths must be integers, got {lengths.dtype}.")
@@ -355,12 +365,12 @@ def _check_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], steps: int,
         concrete = np.asarray(seq_lengths)
         if concrete.size and (concrete.min() < 0 or concrete.max() > steps):
             raise ValueError(f"{message}; got min {concrete.min()}, max {concrete.max()}.")
-    else:
-        def check(values):
-            values = np.asarray(values)
-            if values.size and (values.min() < 0 or values.max() > steps):
-                raise ValueError(f"{message}; got min {values.min()}, max {values.max()}.")
-        jax.debug.callback(check, lengths)
+    elif lengths.size:
+        low, high = jnp.min(lengths), jnp.max(lengths)
+        escaped = message.replace("{", "{{").replace("}", "}}")
+        checkify.debug_check((low >= 0) & (high <= steps), escaped + "; got min {}, max {}.",
+                             low, high)
+        lengths = jnp.clip(lengths, 0, steps)
     return lengths
 
 
@@ -453,7 +463,11 @@ def sequence(spec: CellSpec, params: Params, xs: Array, carry: Any, *,
       seq_lengths: optional integer array of the batch shape: right-padded
         sequences. Outputs past a sequence's length are zero; the returned
         carry is the carry at its last valid step; padding never reaches a
-        valid output or a gradient.
+        valid output or a gradient. Lengths must lie in ``[0, time]``: known
+        (concrete) lengths outside raise ``ValueError``; traced ones (under
+        ``jit``) are clamped to ``[0, time]``, and
+        ``jax.experimental.checkify.checkify(f, errors=checkify.user_checks)``
+        of the jitted function reports them with the same message.
       time_major: whether time is the leading axis of ``xs`` and the outputs.
       reverse: run from the last valid step to the first.
       keep_order: with ``reverse``, return the outputs in time order;

@@ -1,6 +1,7 @@
 """Helpers shared by the test modules: small MNIST-format IDX files with known values."""
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,15 @@ def write_mnist_folder(folder, n_train, n_test, *, gz=True):
         write(folder / f"{part}-images-idx3-ubyte", idx_bytes(images, IMAGES_MAGIC), gz)
         write(folder / f"{part}-labels-idx1-ubyte", idx_bytes(labels, LABELS_MAGIC), gz)
     return folder
+
+
+def known_sha256(folder, name):
+    """``lnjax.data.KNOWN_SHA256`` entries that make the IDX files in ``folder`` known as the
+    data set ``name``: the sha256 of each file as stored (form ``"gz"`` for a gzipped file,
+    ``"raw"`` for a plain one)."""
+    entries = {}
+    for path in sorted(Path(folder).glob("*-ubyte*")):
+        payload = path.read_bytes()
+        form = "gz" if payload[:2] == b"\x1f\x8b" else "raw"
+        entries[hashlib.sha256(payload).hexdigest()] = (name, path.name.removesuffix(".gz"), form)
+    return entries

@@ -1,6 +1,7 @@
 """Tests for lnjax.data: IDX parsing, splits, sources, the not-found message, batching."""
 
 import gzip
+import hashlib
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from lnjax import data
-from tests.helpers import idx_bytes, write
+from tests.helpers import idx_bytes, known_sha256, write
 
 N_TRAIN, N_TEST = 12, 5
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -30,6 +31,15 @@ def fake_labels(n, offset):
 
 TRAIN_X, TRAIN_Y = fake_images(N_TRAIN, 0), fake_labels(N_TRAIN, 0)
 TEST_X, TEST_Y = fake_images(N_TEST, 100), fake_labels(N_TEST, 3)
+
+
+def sha256_of(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _idx_paths(folder):
+    """The four IDX files in ``folder``, train first, as ``load_splits`` records them."""
+    return [next(Path(folder).glob(stem + "*")) for stem in TRAIN_FILES + TEST_FILES]
 
 
 def write_idx_folder(folder, *, gz=True):
@@ -205,7 +215,10 @@ def test_load_splits_auto_takes_mnist_first(tmp_path, isolated, monkeypatch):
     write(fashion / TEST_FILES[1], idx_bytes(TEST_Y[:2], 2049), gz=False)
     splits, info = data.load_splits(data_dir=tmp_path / "d")
     assert set(splits) == {"train", "validation", "test"}
-    assert info == {"name": "mnist", "source": f"idx:{tmp_path / 'd' / 'mnist'}",
+    folder = tmp_path / "d" / "mnist"
+    assert info == {"name": "mnist", "source": f"idx:{folder}",
+                    "identity": f"unknown IDX data in {folder}", "verified": False,
+                    "sha256": {f.name: sha256_of(f) for f in _idx_paths(folder)},
                     "sizes": {"train": N_TRAIN - 4, "validation": 4, "test": N_TEST}}
     assert [ds.split for ds in splits.values()] == ["train", "validation", "test"]
     np.testing.assert_array_equal(splits["train"].labels, TRAIN_Y[:-4])
@@ -307,30 +320,61 @@ def test_malformed_messages_say_what_is_wrong(tmp_path, isolated):
 # --------------------------------------------------------------------------
 
 
-def test_missing_data_message(tmp_path, isolated):
-    empty = tmp_path / "empty"
-    empty.mkdir()
+HOW_TO_GET_THE_DATA = [
+    "pip install tensorflow-datasets tensorflow",
+    "tfds.builder('fashion_mnist').download_and_prepare(file_format='array_record')",
+    "data_dir=FOLDER", "--data-dir", "LNJAX_DATA_DIR",
+    "sudo apt-get install dataset-fashion-mnist",
+    "t10k-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+]
+
+
+def test_missing_data_message(tmp_path, isolated, monkeypatch):
+    try:  # TFDS's default folder: an empty one, not this user's ~/tensorflow_datasets
+        from tensorflow_datasets.core import constants
+    except ImportError:
+        pass
+    else:
+        monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path / "tfds"))
     with pytest.raises(data.DataNotFoundError) as excinfo:
-        data.load("fashion_mnist", "test", data_dir=empty)
+        data.load("fashion_mnist", "test")
     assert isinstance(excinfo.value, FileNotFoundError)
     msg = str(excinfo.value)
     for text in [
-        "pip install tensorflow-datasets tensorflow",
-        "tfds.builder('fashion_mnist').download_and_prepare(file_format='array_record')",
-        "data_dir=FOLDER", "--data-dir", "LNJAX_DATA_DIR",
-        "sudo apt-get install dataset-fashion-mnist",
-        "t10k-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        *HOW_TO_GET_THE_DATA,
         # the places tried, in order
-        f"idx:{empty / 'fashion_mnist'}: no such folder",
-        f"idx:{empty}: missing t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]",
         "tfds:fashion_mnist in",
         "$LNJAX_DATA_DIR: not set",
         f"idx:{isolated / '.cache' / 'lnjax' / 'fashion_mnist'}: no such folder",
         f"idx:{tmp_path / 'debian' / 'fashion-mnist'}: no such folder",
     ]:
         assert text in msg, text
-    tried = [msg.index(t) for t in ("idx:" + str(empty), "tfds:", "$LNJAX", ".cache", "debian")]
+    tried = [msg.index(t) for t in ("tfds:", "$LNJAX", ".cache", "debian")]
     assert tried == sorted(tried)
+
+
+def test_missing_data_message_with_data_dir_names_only_that_folder(tmp_path, isolated):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DataNotFoundError) as excinfo:
+        data.load("fashion_mnist", "test", data_dir=empty)
+    assert isinstance(excinfo.value, FileNotFoundError)
+    msg = str(excinfo.value)
+    assert msg.startswith(f"load: no data found for 'fashion_mnist' (split 'test', "
+                          f"source='auto') in data_dir={empty}.")
+    assert "A data_dir given is the only place looked" in msg
+    for text in [
+        *HOW_TO_GET_THE_DATA,
+        # the places tried, in order: the folder, its subfolders, TFDS in it
+        f"idx:{empty / 'fashion_mnist'}: no such folder",
+        f"idx:{empty}: missing t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]",
+        f"tfds:fashion_mnist in {empty}",
+    ]:
+        assert text in msg, text
+    tried = msg.split("Tried, in order:")[1].split("To get the data")[0]
+    assert tried.index("idx:" + str(empty)) < tried.index("tfds:")
+    for elsewhere in ("$LNJAX_DATA_DIR", ".cache", "debian"):
+        assert elsewhere not in tried, elsewhere
 
 
 def test_missing_data_lists_lnjax_data_dir(tmp_path, isolated, monkeypatch, no_tfds):
@@ -452,8 +496,197 @@ def test_auto_order_idx_data_dir_then_tfds_then_idx_folders(tmp_path, isolated, 
         assert data.load("mnist", "test", data_dir=given).source == f"idx:{given}"
         assert data.load("mnist", "test", data_dir=empty).source.startswith("tfds:mnist")
         assert data.load("mnist", "test", data_dir=given, source="tfds").source.startswith("tfds:")
-    # TFDS not prepared (empty data_dir, no mock): the IDX folders are next.
-    assert data.load("mnist", "test", data_dir=empty).source.startswith("idx:")
+    # TFDS not prepared (no mock): without a data_dir the IDX folders are next; a data_dir
+    # given is the only place looked.
+    assert data.load("mnist", "test").source == f"idx:{isolated / '.cache' / 'lnjax' / 'mnist'}"
+    with pytest.raises(data.DataNotFoundError, match=f"in data_dir={empty}"):
+        data.load("mnist", "test", data_dir=empty)
+
+
+# --------------------------------------------------------------------------
+# A folder the user names is the only place looked; one source per run.
+# --------------------------------------------------------------------------
+
+
+def test_named_data_dir_is_never_replaced_by_another_copy(tmp_path, isolated, monkeypatch,
+                                                          no_tfds):
+    """Data in $LNJAX_DATA_DIR, the cache and the Debian folder; the named folder is empty."""
+    write_idx_folder(tmp_path / "debian" / "fashion-mnist")
+    write_idx_folder(isolated / ".cache" / "lnjax" / "fashion_mnist")
+    monkeypatch.setenv("LNJAX_DATA_DIR", str(write_idx_folder(tmp_path / "env")))
+    assert data.load("fashion_mnist", "test").source == f"idx:{tmp_path / 'env'}"  # found
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for source in ("auto", "idx"):
+        with pytest.raises(data.DataNotFoundError, match=f"in data_dir={empty}") as e:
+            data.load("fashion_mnist", "train_full", data_dir=empty, source=source)
+        tried = str(e.value).split("Tried, in order:")[1].split("To get the data")[0]
+        assert str(tmp_path / "env") not in tried and ".cache" not in tried
+        assert "debian" not in tried and str(empty) in tried
+    with pytest.raises(data.DataNotFoundError, match=f"in data_dir={empty}"):
+        data.load_splits("fashion_mnist", data_dir=empty)
+    with pytest.raises(data.DataNotFoundError, match="no such folder"):
+        data.load("fashion_mnist", "test", data_dir=tmp_path / "typo")
+
+
+def test_named_empty_folder_does_not_load_debians_copy(tmp_path):
+    """The report's case, with the real search path (Debian's Fashion-MNIST where installed)."""
+    data._read_idx_cached.cache_clear()
+    with pytest.raises(data.DataNotFoundError) as e:
+        data.load("fashion_mnist", "train", data_dir=tmp_path)
+    assert f"in data_dir={tmp_path}" in str(e.value).splitlines()[0]
+    assert "idx:/usr/share/datasets" not in str(e.value)
+
+
+def test_data_dir_with_only_the_training_files_is_an_error(tmp_path, isolated, monkeypatch,
+                                                           no_tfds):
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    write_idx_folder(tmp_path / "debian" / "fashion-mnist")  # a complete copy elsewhere
+    partial = tmp_path / "partial"
+    write(partial / TRAIN_FILES[0], idx_bytes(TRAIN_X, 2051), gz=True)
+    write(partial / TRAIN_FILES[1], idx_bytes(TRAIN_Y, 2049), gz=True)
+    assert data.load("fashion_mnist", "train", data_dir=partial).source == f"idx:{partial}"
+    with pytest.raises(data.DataNotFoundError,
+                       match=r"missing t10k-images-idx3-ubyte\[.gz\], t10k-labels") as e:
+        data.load_splits("fashion_mnist", data_dir=partial)
+    assert f"in data_dir={partial}" in str(e.value)
+    with pytest.raises(data.DataNotFoundError, match=f"in data_dir={partial}"):
+        data.load_splits("auto", data_dir=partial)
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "auto"])
+def test_splits_from_two_places_stop_the_run(tmp_path, isolated, monkeypatch, no_tfds, dataset):
+    """$LNJAX_DATA_DIR has only the training files; the Debian folder has all four."""
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    debian = write_idx_folder(tmp_path / "debian" / "fashion-mnist")
+    env = tmp_path / "env"
+    write(env / TRAIN_FILES[0], idx_bytes(TRAIN_X, 2051), gz=True)
+    write(env / TRAIN_FILES[1], idx_bytes(TRAIN_Y, 2049), gz=True)
+    monkeypatch.setenv("LNJAX_DATA_DIR", str(env))
+    with pytest.raises(ValueError, match="come from different places") as e:
+        data.load_splits(dataset)
+    assert not isinstance(e.value, FileNotFoundError)
+    assert f"train and validation from idx:{env}; test from idx:{debian}" in str(e.value)
+
+
+# --------------------------------------------------------------------------
+# Identity: what the files are, by their checksums.
+# --------------------------------------------------------------------------
+
+
+def test_unknown_files_are_read_and_recorded_as_unknown(tmp_path, isolated):
+    folder = write_idx_folder(tmp_path / "d", gz=False)
+    ds = data.load("kmnist", "test", data_dir=folder)
+    assert ds.name == "kmnist" and ds.identity == f"unknown IDX data in {folder}"
+    assert not ds.verified
+    assert ds.sha256 == tuple((f, sha256_of(folder / f)) for f in TEST_FILES)
+
+
+def test_files_with_known_checksums_are_verified(tmp_path, isolated, monkeypatch):
+    gz = write_idx_folder(tmp_path / "gz")
+    plain = write_idx_folder(tmp_path / "plain", gz=False)
+    monkeypatch.setattr(data, "KNOWN_SHA256", known_sha256(gz, "fashion_mnist"))
+    ds = data.load("fashion_mnist", "test", data_dir=gz)
+    assert ds.identity == "fashion_mnist (verified by checksum)" and ds.verified
+    # A plain copy of known .gz files is unknown unless its raw digests are known too.
+    assert data.load("fashion_mnist", "test", data_dir=plain).identity.startswith("unknown")
+    monkeypatch.setattr(data, "KNOWN_SHA256", {**known_sha256(gz, "fashion_mnist"),
+                                               **known_sha256(plain, "fashion_mnist")})
+    data._read_idx_cached.cache_clear()
+    assert data.load("fashion_mnist", "test", data_dir=plain).verified
+    # ... and a gzipped copy with other .gz bytes is recognised by its decompressed bytes.
+    regz = tmp_path / "regz"
+    for f in TEST_FILES:
+        write(regz / f, (plain / f).read_bytes(), gz=True)
+    monkeypatch.setattr(data, "KNOWN_SHA256", known_sha256(plain, "fashion_mnist"))
+    assert data.load("fashion_mnist", "test", data_dir=regz).verified
+
+
+def test_a_known_file_under_another_files_name_is_not_verified(tmp_path, isolated, monkeypatch):
+    folder = write_idx_folder(tmp_path / "d", gz=False)
+    known = known_sha256(folder, "mnist")
+    # The test labels' digest registered as the training labels' file: not that file.
+    swapped = {k: (n, TRAIN_FILES[1] if stem == TEST_FILES[1] else stem, form)
+               for k, (n, stem, form) in known.items()}
+    monkeypatch.setattr(data, "KNOWN_SHA256", swapped)
+    assert data.load("mnist", "test", data_dir=folder).identity.startswith("unknown IDX data")
+    # Only one of the two files known: unknown too.
+    monkeypatch.setattr(data, "KNOWN_SHA256", {k: v for k, v in known.items()
+                                               if v[1] != TEST_FILES[1]})
+    assert not data.load("mnist", "test", data_dir=folder).verified
+
+
+def test_verified_files_of_another_data_set_are_an_error(tmp_path, isolated, monkeypatch,
+                                                         capsys):
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    folder = write_idx_folder(tmp_path / "fashion")  # the files directly in the folder
+    monkeypatch.setattr(data, "KNOWN_SHA256", known_sha256(folder, "fashion_mnist"))
+    with pytest.raises(data.WrongDataSetError,
+                       match=f"in {folder} are fashion_mnist .* not 'mnist'; ask for "
+                             "'fashion_mnist'") as e:
+        data.load("mnist", "test", data_dir=folder)
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(data.WrongDataSetError, match="not 'kmnist'"):
+        data.load_splits("kmnist", data_dir=folder)
+    # The command line goes on to the next name.
+    assert data.main(["mnist", "fashion_mnist", "--data-dir", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "are fashion_mnist" in printed
+    assert "fashion_mnist/test: 5 examples" in printed
+    assert "identity: fashion_mnist (verified by checksum)" in printed
+
+
+def test_auto_names_the_run_after_the_files(tmp_path, isolated, monkeypatch, no_tfds):
+    """'auto' tries mnist first, which finds the files in the folder itself; their checksums
+    say fashion_mnist, so that is the run's name."""
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    folder = write_idx_folder(tmp_path / "fashion")
+    monkeypatch.setattr(data, "KNOWN_SHA256", known_sha256(folder, "fashion_mnist"))
+    splits, info = data.load_splits("auto", data_dir=folder)
+    assert info == {"name": "fashion_mnist", "source": f"idx:{folder}",
+                    "identity": "fashion_mnist (verified by checksum)", "verified": True,
+                    "sha256": {f.name: sha256_of(f) for f in _idx_paths(folder)},
+                    "sizes": {"train": N_TRAIN - 4, "validation": 4, "test": N_TEST}}
+    assert all(ds.name == "fashion_mnist" and ds.verified for ds in splits.values())
+    splits, info = data.load_splits("fashion_mnist", data_dir=folder)
+    assert info["name"] == "fashion_mnist" and info["verified"]
+
+
+def test_splits_that_mix_data_sets_stop_the_run(tmp_path, isolated, monkeypatch):
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", 4)
+    folder = write_idx_folder(tmp_path / "d")
+    known = known_sha256(folder, "mnist")
+    monkeypatch.setattr(data, "KNOWN_SHA256", {
+        k: ("kmnist" if stem.startswith("t10k") else n, stem, form)
+        for k, (n, stem, form) in known.items()})
+    with pytest.raises(ValueError, match=f"in {folder} mix data sets .* the training files are "
+                                         "mnist's, the test files are kmnist's"):
+        data.load_splits("auto", data_dir=folder)
+    # Known training files with unknown test files: read, and recorded as unknown.
+    monkeypatch.setattr(data, "KNOWN_SHA256", {k: v for k, v in known.items()
+                                               if not v[1].startswith("t10k")})
+    splits, info = data.load_splits("mnist", data_dir=folder)
+    assert splits["train"].verified and not splits["test"].verified
+    assert info["identity"] == f"unknown IDX data in {folder}" and not info["verified"]
+
+
+def test_known_checksums_table_is_well_formed():
+    assert len(data.KNOWN_SHA256) == 20
+    for digest, (name, stem, form) in data.KNOWN_SHA256.items():
+        assert len(digest) == 64 and int(digest, 16) >= 0
+        assert name in data.NAMES and form in ("gz", "raw")
+        assert stem in TRAIN_FILES + TEST_FILES
+    for name in data.NAMES:  # the four published .gz files of each
+        stems = sorted(s for n, s, f in data.KNOWN_SHA256.values() if n == name and f == "gz")
+        assert set(stems) == set(TRAIN_FILES + TEST_FILES), name
+
+
+def test_tfds_data_is_named_by_tfds_and_not_verified(tmp_path, isolated, tfds):
+    with tfds.testing.mock_data(num_examples=3):
+        splits, info = data.load_splits("kmnist")
+    assert info["identity"] == "kmnist (TFDS data set, not verified by checksum)"
+    assert not info["verified"] and info["sha256"] == {}
+    assert info["source"].startswith("tfds:kmnist (")
 
 
 # --------------------------------------------------------------------------
@@ -548,6 +781,26 @@ def test_real_fashion_mnist_test_split(isolated, monkeypatch):
     assert ds.labels.shape == (10_000,) and ds.labels.dtype == np.int32
     assert ds.images.min() == 0.0 and ds.images.max() == 1.0
     np.testing.assert_array_equal(np.bincount(ds.labels, minlength=10), [1000] * 10)
+
+
+def test_real_fashion_mnist_files_are_verified_and_auto_names_them(isolated):
+    """Debian's Fashion-MNIST with --dataset auto: 'mnist' finds the files first (they are in
+    the folder itself); their checksums make the run fashion_mnist."""
+    if not DEBIAN_FASHION.is_dir():
+        pytest.skip(f"{DEBIAN_FASHION} is absent (apt-get install dataset-fashion-mnist)")
+    for path in sorted(DEBIAN_FASHION.iterdir()):
+        stem = path.name.removesuffix(".gz")
+        assert data.KNOWN_SHA256[sha256_of(path)] == ("fashion_mnist", stem, "gz")
+        raw = hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
+        assert data.KNOWN_SHA256[raw] == ("fashion_mnist", stem, "raw")
+    splits, info = data.load_splits("auto", data_dir=DEBIAN_FASHION, train_examples=10)
+    assert info["name"] == "fashion_mnist" and info["source"] == f"idx:{DEBIAN_FASHION}"
+    assert info["identity"] == "fashion_mnist (verified by checksum)" and info["verified"]
+    assert info["sha256"] == {p.name: sha256_of(p) for p in _idx_paths(DEBIAN_FASHION)}
+    assert info["sizes"] == {"train": 10, "validation": 5_000, "test": 10_000}
+    assert all(ds.name == "fashion_mnist" for ds in splits.values())
+    with pytest.raises(data.WrongDataSetError, match="are fashion_mnist"):
+        data.load("mnist", "test", data_dir=DEBIAN_FASHION)
 
 
 def test_prepare_asks_tfds_for_array_record_data(monkeypatch, tmp_path):

@@ -2,6 +2,7 @@
 and the paper's Table 1 (lnjax.experiments.invariance)."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from lnjax import data
-from lnjax.experiments import invariance, pi_mnist, seq_mnist
-from tests.helpers import write_mnist_folder
+from lnjax.experiments import common, invariance, pi_mnist, seq_mnist
+from tests.helpers import known_sha256, write_mnist_folder
 
 N_TRAIN, N_VAL, N_TEST = 96, 48, 64
 
@@ -86,6 +87,59 @@ def test_seq_mnist_end_to_end(mnist_dir, tmp_path, capsys):
         assert h["train_loss"][-1] < h["train_loss"][0], method
         assert h["step_loss"][0][0] == 1 and h["step_loss"][-1][0] == 18
     assert is_png(out / "curves.png")
+
+
+def _tiny_pi_mnist(data_dir, out, monkeypatch, extra=()):
+    """pi_mnist --dataset auto on ``data_dir`` (one short run); returns the results on disk
+    and the figure's title."""
+    titles = []
+    real = common.save_figure
+    monkeypatch.setattr(common, "save_figure",
+                        lambda fig, path, title: (titles.append(title), real(fig, path, title)))
+    pi_mnist.main(["--dataset", "auto", "--data-dir", str(data_dir), "--hidden", "8",
+                   "--methods", "layernorm", "--batch-sizes", "16", "--epochs", "1",
+                   "--out", str(out), "--no-progress", *extra])
+    (title,) = titles
+    return read_results(out), title
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["known_files", "unknown_files"])
+def test_auto_run_is_named_after_its_files(tmp_path, monkeypatch, capsys, known):
+    """--dataset auto tries mnist first, which finds the files in --data-dir itself; when
+    their checksums are Fashion-MNIST's the run is recorded and titled fashion_mnist, else
+    it keeps the name that found them and is recorded as unknown data."""
+    folder = write_mnist_folder(tmp_path / "files", N_TRAIN + N_VAL, N_TEST)
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", N_VAL)
+    monkeypatch.setattr(data, "KNOWN_SHA256",
+                        known_sha256(folder, "fashion_mnist") if known else {})
+    data._read_idx_cached.cache_clear()
+    on_disk, title = _tiny_pi_mnist(folder, tmp_path / "out", monkeypatch)
+    name = "fashion_mnist" if known else "mnist"
+    identity = ("fashion_mnist (verified by checksum)" if known
+                else f"unknown IDX data in {folder}")
+    printed = capsys.readouterr().out
+    assert on_disk["dataset"]["name"] == name
+    assert on_disk["dataset"]["identity"] == identity
+    assert on_disk["dataset"]["verified"] is known
+    assert on_disk["dataset"]["source"] == f"idx:{folder}"
+    assert sorted(on_disk["dataset"]["sha256"]) == sorted(p.name for p in folder.iterdir())
+    assert title.startswith(f"Permutation-invariant {name} (lnjax)")
+    assert f"Data set: {identity}" in printed
+    assert f"Permutation-invariant {name} ({identity}; idx:{folder}), 1 epochs" in printed
+
+
+def test_auto_run_on_debians_fashion_mnist_is_fashion_mnist(tmp_path, monkeypatch):
+    """The report's case: --data-dir at Debian's Fashion-MNIST with --dataset auto."""
+    debian = Path("/usr/share/datasets/fashion-mnist")
+    if not debian.is_dir():
+        pytest.skip(f"{debian} is absent (apt-get install dataset-fashion-mnist)")
+    data._read_idx_cached.cache_clear()
+    on_disk, title = _tiny_pi_mnist(debian, tmp_path / "out", monkeypatch,
+                                    extra=["--train-examples", "64"])
+    assert on_disk["dataset"]["name"] == "fashion_mnist"
+    assert on_disk["dataset"]["identity"] == "fashion_mnist (verified by checksum)"
+    assert on_disk["dataset"]["sizes"] == {"train": 64, "validation": 5000, "test": 10000}
+    assert title.startswith("Permutation-invariant fashion_mnist (lnjax)")
 
 
 def test_mlp_masks_padding_out_of_batch_norm_for_image_inputs():

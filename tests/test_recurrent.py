@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.experimental import checkify
 from jax.test_util import check_grads
 
 from lnjax import linen as lnn
@@ -388,10 +389,47 @@ def test_bad_seq_lengths(lengths, pattern):
     _, seq, params = _setup("gru", {})
     with pytest.raises(ValueError, match=pattern):
         seq.apply({"params": params}, _xs(), seq_lengths=lengths)
-    # Traced lengths are checked when the computation runs.
-    with pytest.raises(Exception, match=pattern):
-        jax.block_until_ready(jax.jit(lambda n: seq.apply(
-            {"params": params}, _xs(), seq_lengths=n))(lengths))
+    # Concrete lengths inside a jitted function: the same error, at trace time.
+    with pytest.raises(ValueError, match=pattern):
+        jax.jit(lambda x: seq.apply({"params": params}, x, seq_lengths=lengths))(_xs())
+    # Traced lengths: checkify reports the same message when the computation runs.
+    run = jax.jit(lambda n: seq.apply({"params": params}, _xs(), seq_lengths=n))
+    err, _ = checkify.checkify(run, errors=checkify.user_checks)(lengths)
+    with pytest.raises(checkify.JaxRuntimeError, match=pattern):
+        err.throw()
+    err, _ = checkify.checkify(run, errors=checkify.user_checks)(np.clip(lengths, 0, T))
+    assert err.get() is None
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_traced_seq_lengths_out_of_range_are_clamped(kind, reverse):
+    """Under jit (without checkify) out-of-range lengths act as the nearest valid ones."""
+    _, seq, params = _setup(kind, {})
+    run = jax.jit(lambda n: seq.apply({"params": params}, _xs(), seq_lengths=n,
+                                      reverse=reverse, return_carry=True))
+    carry, ys = run(np.array([T + 3, -2, 4]))
+    expected_carry, expected = run(np.array([T, 0, 4]))
+    assert np.isfinite(ys).all()
+    np.testing.assert_array_equal(ys, expected)
+    jax.tree.map(np.testing.assert_array_equal, carry, expected_carry)
+    np.testing.assert_array_equal(ys[1], 0)  # length 0: no valid step
+
+
+def test_checkify_reports_traced_seq_lengths_in_every_layer():
+    """Linen and NNX layers, through grad and vmap, report the message under checkify."""
+    _, seq, params = _setup("lstm", {})
+    loss = lambda x, n: seq.apply({"params": params}, x, seq_lengths=n).sum()
+    checked = checkify.checkify(jax.jit(jax.grad(loss)), errors=checkify.user_checks)
+    err, _ = checked(_xs(), jnp.array([1, 2, T + 1]))
+    assert err.get().startswith(f"LNLSTM: seq_lengths must lie in [0, {T}] (the sequence has "
+                                f"{T} steps); got min 1, max {T + 1}.")
+    layer = lnnx.LNSimpleRNN(IN, H, rngs=nnx.Rngs(0))
+    batched = jax.vmap(lambda n: layer(_xs(), seq_lengths=n))
+    err, _ = checkify.checkify(jax.jit(batched), errors=checkify.user_checks)(
+        jnp.array([[1, 2, 3], [1, -4, 3]]))
+    assert "LNSimpleRNN: seq_lengths must lie in [0, 6]" in err.get()
+    assert "got min -4, max 3." in err.get()
 
 
 def test_seq_lengths_of_the_wrong_shape_or_dtype():

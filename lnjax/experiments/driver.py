@@ -123,11 +123,13 @@ def mesh(devices: int | None):
 
 
 def load_splits(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`lnjax.data.load_splits` of the flags; prints each split and its source."""
+    """:func:`lnjax.data.load_splits` of the flags; prints each split, its source and what the
+    files are (``info["identity"]``: verified by checksum, or unknown)."""
     splits, info = data.load_splits(args.dataset, data_dir=args.data_dir,
                                     train_examples=args.train_examples)
     for ds in splits.values():
         print("Data:", data.describe(ds))
+    print("Data set:", info["identity"])
     return splits, info
 
 
@@ -162,7 +164,7 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
     table = common.summary_table(results["runs"], columns=e.columns)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table + "\n")
-    print(f"\n{e.title} {data_info['name']} ({data_info['source']}), "
+    print(f"\n{e.title} {data_info['name']} ({data_info['identity']}; {data_info['source']}), "
           f"{args.epochs} epochs, {data_info['sizes']['train']} training examples:\n")
     print(table)
     print(f"\nWrote {json_path}, {fig_path}; {timer():.0f} s in all.")
