@@ -455,3 +455,21 @@ def test_gradient_far_from_zero_matches_reference_gradient():
     r = 1 / np.sqrt(xd.var(-1, keepdims=True) + 1e-6)
     expect = r * (w - w.mean(-1, keepdims=True) - xhat * (w * xhat).mean(-1, keepdims=True))
     np.testing.assert_allclose(g, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_nan_example_masked_out_keeps_outputs_but_not_that_features_gradients():
+    """What the README's known limit says: the mask keeps a NaN example out of the statistics
+    and the other outputs; the gradients of its feature are NaN all the same."""
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    x[1, 3] = np.nan
+    keep = np.ones((4, 1), bool)
+    keep[1] = False
+    w = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    y, mean, var = lnjax.batch_norm(x, mask=keep)
+    assert np.isfinite(np.delete(np.asarray(y), 1, 0)).all()
+    assert np.isfinite(np.asarray(mean)).all() and np.isfinite(np.asarray(var)).all()
+    g = np.asarray(jax.grad(lambda v: jnp.sum(jnp.where(
+        keep, lnjax.batch_norm(v, mask=keep)[0] * w, 0)))(x))
+    others = np.delete(g, 1, 0)
+    assert np.isnan(others[:, 3]).all()
+    assert np.isfinite(np.delete(others, 3, 1)).all()
