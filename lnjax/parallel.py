@@ -12,8 +12,10 @@ arrays assembled from each host's own devices' slices):
 
 * :func:`make_mesh` -- a 1-D mesh over the first N devices (axis ``"data"``
   unless named otherwise).
-* :func:`replicate`, :func:`shard` -- parameters replicated, batches split along
-  the mesh (for :func:`shard`, each host passes its own part of the batch).
+* :func:`replicate`, :func:`shard` -- parameters replicated (each host placing
+  its own copy), batches split along the mesh (for :func:`shard`, each host
+  passes its own part of the batch); :func:`host_local` -- this host's copy of a
+  replicated state.
 * :func:`host_shard` -- this host's contiguous share of a data set.
 * :func:`pad_for_devices` -- a global batch that does not divide by the device
   count is padded with weight-0 examples, and the batch-norm statistics are
@@ -77,8 +79,51 @@ def make_mesh(num_devices: int | None = None, *, axis_name: str = AXIS) -> jax.s
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """``tree`` placed whole on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """``tree`` placed whole on every device of ``mesh``, from this process's own copy.
+
+    Leaves already replicated over ``mesh`` are returned as they are. With one
+    process the others are copied with :func:`jax.device_put`. With several
+    (``jax.distributed``), every process holds the same values (a freshly
+    created or restored state, or numpy arrays) and places them on its own
+    devices only (:func:`jax.make_array_from_callback`): a cross-host
+    ``device_put`` is not supported by every backend (CPU: "does not support
+    cross-host device transfers").
+    """
+    sharding = NamedSharding(mesh, P())
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def place(a):
+        if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(sharding, a.ndim):
+            return a
+        local = np.asarray(host_local(a))
+        return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
+
+    return jax.tree.map(place, tree)
+
+
+def host_local(tree: Any) -> Any:
+    """This process's copy of a replicated tree, on its first local device.
+
+    A fully replicated global array (e.g. the state :func:`train_epoch`
+    returns on a mesh over several processes) becomes the single-device array
+    held on this process's first device: what a computation outside the mesh,
+    such as :func:`lnjax.steps.evaluate`, can use. Other leaves are returned as
+    they are.
+
+    Raises:
+      ValueError: a leaf spans other processes' devices and is not replicated.
+    """
+    def local(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return a
+        if not a.is_fully_replicated:
+            raise ValueError(f"host_local: an array of shape {a.shape} is split over several "
+                             f"processes ({a.sharding}); only replicated arrays have a local "
+                             "copy.")
+        return a.addressable_data(0)
+
+    return jax.tree.map(local, tree)
 
 
 def shard(local: Any, mesh: jax.sharding.Mesh, *, axis: int = 0) -> Any:

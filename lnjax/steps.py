@@ -18,7 +18,7 @@ It holds the pieces research code reuses around any Flax Linen classifier whose
   epoch is 13,750 steps), with an optional progress callback every
   ``report_every`` steps.
 * :func:`check_epoch_shapes` -- the ``(steps, batch, ...)`` shape check every
-  epoch runs first.
+  epoch runs first; :func:`all_finite` -- the NaN/infinity check before a save.
 * :func:`evaluate` -- loss and error over a whole split, padded and weighted.
 
 A batch is a dict ``{"x": inputs, "y": int labels}`` with an optional
@@ -189,6 +189,28 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     logits, _ = _apply(state, state.params, batch["x"], train=False)
     loss_sum, err_sum, n = _loss_and_errors(logits, batch)
     return {"loss_sum": loss_sum, "error_sum": err_sum, "count": n}
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating-point value in ``tree`` is finite (no NaN, no infinity).
+
+    One compiled reduction over all leaves; works on global arrays replicated
+    over several processes (every process must call it).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from lnjax import steps
+      >>> steps.all_finite({"w": jnp.ones(3), "n": jnp.arange(2)}), steps.all_finite([jnp.nan])
+      (True, False)
+    """
+    return bool(_all_finite(tree))
 
 
 def check_epoch_shapes(xb: Any, yb: Any) -> None:

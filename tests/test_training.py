@@ -268,3 +268,27 @@ def test_checkpoint_tree_is_unchanged_by_takes_mask(tmp_path):
     assert int(restored.step) == 12
     assert_trees_equal((restored.params, restored.batch_stats, restored.opt_state),
                        (s.params, s.batch_stats, s.opt_state))
+
+
+@pytest.mark.parametrize("name, clash", [("train", "train_loss and train_error"),
+                                         ("step", "step_loss")])
+def test_fit_refuses_eval_names_that_collide_with_its_own_history(name, clash, tmp_path):
+    """An evaluation named "train" would interleave its values with fit's own train_loss."""
+    epochs_run = []
+    with pytest.raises(ValueError, match=rf"fit: evals name '{name}' would be recorded as "
+                                         rf"{clash}, which fit records itself"):
+        training.fit(new_state(), (X, Y), epochs=1, batch_size=8, seed=0, progress=False,
+                     evals={"validation": (XV, YV), name: (X, Y)},
+                     checkpoint_dir=tmp_path / "ckpt", on_epoch=lambda e, h: epochs_run.append(e))
+    assert epochs_run == [] and not (tmp_path / "ckpt").exists()  # refused before anything
+    with pytest.raises(TypeError, match="evals names must be strings"):
+        training.fit(new_state(), (X, Y), epochs=1, batch_size=8, seed=0, progress=False,
+                     evals={1: (X, Y)})
+
+
+def test_an_eval_of_the_training_split_under_another_name_is_recorded_apart():
+    _, history = training.fit(new_state(), (X, Y), epochs=2, batch_size=8, seed=0,
+                              progress=False, evals={"train_eval": (X, Y)})
+    assert len(history["train_loss"]) == len(history["train_eval_loss"]) == 2
+    # Inference mode after the epoch versus the mean over the epoch's steps: not the same.
+    assert history["train_eval_loss"] != history["train_loss"]
