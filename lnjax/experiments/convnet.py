@@ -1,0 +1,535 @@
+"""ConvNets: batch norm against batch renorm, layer norm and group norm, at large and small batches.
+
+Ba, Kiros & Hinton (2016) found layer norm better than no normalization in a
+ConvNet but not as good as batch norm, and left it to "further research";
+later work showed that batch norm falls behind when its statistics come from
+a few examples, whether the batch is small or split over devices that each
+normalize their own share, while layer norm, group norm (Wu & He 2018) and
+batch renormalization (Ioffe 2017) do not. This experiment trains one small
+CNN on (Fashion-)MNIST with each normalization in three batch settings and
+says, from the numbers, which of those claims held:
+
+* batch size 128 on one device,
+* batch size 4 on one device,
+* a global batch of 32 split over 8 devices, 4 examples each (the
+  ``--data-parallel`` batch sizes): there ``batchnorm`` and ``batchrenorm``
+  normalize over each device's 4 examples ("ghost" batch norm, what
+  data-parallel training gives unless asked otherwise) and
+  ``batchnorm_sync`` over all 32 (statistics synchronized across the
+  devices, ``axis_name`` = the mesh's axis).
+
+::
+
+    python -m lnjax.experiments.convnet --out runs/convnet
+
+Run this way, the command asks XLA for 8 CPU devices when the machine has no
+accelerator (``XLA_FLAGS=--xla_force_host_platform_device_count=8``, unless
+``XLA_FLAGS`` already names a device count) and prints the devices each
+setting used. The defaults (``--train-examples 8000``, 3 epochs) fit a
+2-core CPU in 15 minutes; the full-size run trains on all 55,000 examples::
+
+    python -m lnjax.experiments.convnet --train-examples 55000 --epochs 15 \\
+        --out runs/convnet_full
+
+The network: three blocks of a 3x3 convolution (``--channels``, default
+32, 64, 128; stride 1, "same" padding), the normalization, ReLU, and a 2x2 max
+pool after the first two blocks (28 -> 14 -> 7 pixels); global average pooling
+and a dense softmax layer (not normalized). Methods: ``none``, ``batchnorm``
+(:class:`lnjax.linen.BatchNorm`), ``batchrenorm``
+(:class:`lnjax.linen.BatchReNorm`), ``layernorm`` (:class:`lnjax.linen.LayerNorm`
+over each example's (height, width, channels), a gain and bias per channel),
+``groupnorm`` (:class:`lnjax.linen.GroupNorm`, 8 groups at every width) and
+``batchnorm_sync`` (only where the batch is split: on one device it would be
+``batchnorm`` itself, so that run is skipped and marked so).
+
+Choices the papers do not fix here: He-normal convolutions, a convolution
+bias only without normalization, LeCun-normal softmax layer; pixels in
+[0, 1] as stored; Adam (``--lr``, default 1e-3), no weight decay, no
+augmentation; batch norm and renorm keep running averages with momentum 0.9
+(``--momentum``; runs of a few hundred steps at batch 128 would leave 0.99's
+averages far from the statistics) and use the biased batch variance (each channel's
+statistics count at least 4 x 7 x 7 positions); batch renorm ramps its limits
+as Ioffe does, 100 times faster (``r_max`` from 1 to 3 over steps 50-400,
+``d_max`` from 0 to 5 over steps 50-250, via :func:`lnjax.renorm_limits`,
+the step counted in ``batch_stats``). The verdicts compare last-epoch test
+errors of one seed; a difference under two standard errors of the test set's
+sampling noise is called "not clear".
+
+The convolutions compute ``jax.lax.conv_general_dilated`` forward, but their
+gradient as one matmul over the nine shifted copies of the input (im2col): on
+XLA:CPU the kernel gradient of a convolution inside a ``lax.scan`` (the
+library's training epoch) runs some 30-60 times slower than outside one
+(jax-ml/jax#12868); the parameters are ``flax.linen.Conv``'s.
+
+Writes ``results.json`` (per method and batch size, per epoch: train NLL and
+error, validation and test NLL and error, wall time, the devices used; the
+data set; library versions), ``convnet.png`` (train NLL and test error
+against epochs, one column per batch setting) and ``summary.md`` (the table,
+the full-size command and the verdicts), and prints them. Runs resume from
+their checkpoints in ``OUT/checkpoints`` unless ``--no-resume``.
+
+References: Ba, Kiros & Hinton (2016), section 6 and the discussion of
+ConvNets; Wu & He (2018), "Group Normalization"; Ioffe (2017), "Batch
+Renormalization"; Hoffer, Hubara & Soudry (2017) for ghost batch norm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+import lnjax
+from lnjax import linen as lnn
+from lnjax.experiments import common, driver
+
+METHODS = ("none", "batchnorm", "batchrenorm", "layernorm", "groupnorm", "batchnorm_sync")
+LABELS = {"none": "no norm", "batchnorm": "BatchNorm", "batchrenorm": "BatchReNorm",
+          "layernorm": "LayerNorm", "groupnorm": "GroupNorm", "batchnorm_sync": "BatchNorm sync"}
+COLORS = {"none": "tab:gray", "batchnorm": "tab:green", "batchrenorm": "tab:olive",
+          "layernorm": "tab:red", "groupnorm": "tab:purple", "batchnorm_sync": "tab:cyan"}
+CHANNELS = (32, 64, 128)
+GROUPS = 8  # group norm's groups, at every width
+MOMENTUM = 0.9  # batch norm's and renorm's running averages
+RENORM_RAMP = {"warmup_steps": 50, "r_steps": 350, "d_steps": 200}  # the paper's / 100
+DEVICES = 8  # the CPU devices `python -m lnjax.experiments.convnet` asks XLA for
+FULL_SIZE = ("python -m lnjax.experiments.convnet --train-examples 55000 --epochs 15 "
+             "--out runs/convnet_full")
+
+
+# ------------------------------------------------------------------ the model
+
+
+def _conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The same convolution as one matmul over the shifted copies of ``x``."""
+    kh, kw = kernel.shape[:2]
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    patches = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
+                              axis=-1)
+    return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
+@jax.custom_vjp
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-1 "same" convolution of channels-last ``x`` (``kernel``: HWIO, odd sizes).
+
+    Forward as XLA's convolution; backward through the im2col matmul, which
+    XLA:CPU runs quickly inside ``lax.scan`` (jax-ml/jax#12868). Reverse mode only.
+    """
+    return _conv_xla(x, kernel)
+
+
+def _conv_same_fwd(x, kernel):
+    return _conv_xla(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(residuals, g):
+    return jax.vjp(_conv_im2col, *residuals)[1](g)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+class Conv(nn.Module):
+    """A stride-1 "same" 3x3 convolution with ``flax.linen.Conv``'s parameters (see
+    :func:`conv_same`)."""
+
+    features: int
+    use_bias: bool = True
+    kernel_size: tuple[int, int] = (3, 3)
+    kernel_init: Any = nn.initializers.he_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init,
+                            (*self.kernel_size, x.shape[-1], self.features))
+        y = conv_same(x, kernel.astype(x.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
+class ConvNet(nn.Module):
+    """Conv blocks (conv, normalization, ReLU, 2x2 max pool after the first two), global
+    average pooling and a softmax layer.
+
+    Attributes:
+      method: one of :data:`METHODS`.
+      channels: the convolutions' widths (multiples of :data:`GROUPS`).
+      num_classes: the output width.
+      axis_name: batch norm's cross-device axis (``batchnorm_sync``); ``None``
+        normalizes over each device's examples.
+      momentum: batch norm's and renorm's running averages.
+    """
+
+    method: str = "batchnorm"
+    channels: Sequence[int] = CHANNELS
+    num_classes: int = 10
+    axis_name: str | None = None
+    momentum: float = MOMENTUM
+
+    def _norm(self, x: jax.Array, train: bool, mask: Any, limits: Any) -> jax.Array:
+        if self.method in ("batchnorm", "batchnorm_sync"):
+            return lnn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                                 axis_name=self.axis_name)(x, mask=mask)
+        if self.method == "batchrenorm":
+            r_max, d_max = limits
+            return lnn.BatchReNorm(use_running_average=not train, momentum=self.momentum,
+                                   axis_name=self.axis_name)(x, mask=mask, r_max=r_max,
+                                                             d_max=d_max)
+        if self.method == "layernorm":
+            return lnn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1)(x)
+        if self.method == "groupnorm":
+            return lnn.GroupNorm(num_groups=GROUPS)(x)
+        return x
+
+    def _renorm_limits(self, train: bool) -> Any:
+        """Batch renorm's ``(r_max, d_max)`` at this training step (counted in batch_stats)."""
+        if self.method != "batchrenorm":
+            return None
+        step = self.variable("batch_stats", "renorm_step", lambda: jnp.zeros((), jnp.float32))
+        limits = lnjax.renorm_limits(step.value, **RENORM_RAMP)
+        if train and not self.is_initializing():
+            step.value = step.value + 1
+        return limits
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, mask: Any = None) -> jax.Array:
+        """Logits of images ``x`` (``(batch, 28, 28)`` or ``(batch, 28, 28, 1)``); ``mask``:
+        the real examples of a padded batch (one value per example), for batch norm."""
+        if self.method not in METHODS:
+            raise ValueError(f"ConvNet: method must be one of {METHODS}, got {self.method!r}")
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4:
+            raise ValueError(f"ConvNet: x must be (batch, height, width[, channels]), got "
+                             f"shape {x.shape}.")
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.size != x.shape[0]:
+                raise ValueError(f"ConvNet: mask must hold one value per example ({x.shape[0]} "
+                                 f"for x of shape {x.shape}), got shape {mask.shape}.")
+            mask = mask.reshape((x.shape[0], 1, 1, 1))
+        limits = self._renorm_limits(train)
+        for i, width in enumerate(self.channels):
+            x = Conv(width, use_bias=self.method == "none")(x)
+            x = nn.relu(self._norm(x, train, mask, limits))
+            if i < 2 and i < len(self.channels) - 1:
+                b, h, w, c = x.shape
+                x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max((2, 4))
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=nn.initializers.lecun_normal())(x)
+
+
+# ------------------------------------------------------------------ one run
+
+
+def skipped(history: Mapping[str, Any]) -> bool:
+    """Whether a run of ``results.json`` was skipped (``batchnorm_sync`` on one device)."""
+    return "skipped" in history
+
+
+def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
+        out: str, resume: bool = True, progress: bool = True, mesh: Any = None,
+        channels: Sequence[int] = CHANNELS, data_parallel: Sequence[int] = (32,),
+        momentum: float = MOMENTUM) -> dict:
+    """Trains one (method, batch size) and returns its history (see :func:`training.fit`),
+    with ``devices`` (how many devices split each batch).
+
+    A batch size in ``data_parallel`` is split over ``mesh``'s devices (with
+    per-device statistics, except for ``batchnorm_sync``); any other trains on
+    one device. ``batchnorm_sync`` on one device is ``batchnorm``: not run,
+    ``{"skipped": why}`` returned.
+    """
+    n = mesh.devices.size if mesh is not None and batch_size in data_parallel else 1
+    if method == "batchnorm_sync" and n == 1:
+        return {"skipped": "synchronized batch norm on one device is batchnorm", "devices": 1}
+    axis = mesh.axis_names[0] if method == "batchnorm_sync" else None
+    model = ConvNet(method=method, channels=tuple(channels), axis_name=axis, momentum=momentum)
+    setting = {"channels": list(channels), "devices": n, "groups": GROUPS, "momentum": momentum,
+               "renorm_ramp": RENORM_RAMP}
+    where = f"/{n} devices" if n > 1 else ""
+    with _evaluate_one_copy() if n > 1 else contextlib.nullcontext():
+        history = common.fit_run(model, optax.adam(lr), splits, method=method,
+                                 batch_size=batch_size, lr=lr, seed=seed, hidden=setting,
+                                 epochs=epochs, out=out, resume=resume, progress=progress,
+                                 mesh=mesh if n > 1 else None, takes_mask=True,
+                                 desc=f"{LABELS[method]:>14} bs={batch_size}{where}")
+    return {**history, "devices": n}
+
+
+def one_copy(tree: Any) -> Any:
+    """``tree`` with each array replicated over several devices of this process replaced by
+    its copy on one device (other leaves as they are)."""
+    def one(a):
+        if (isinstance(a, jax.Array) and a.is_fully_addressable and a.is_fully_replicated
+                and len(a.sharding.device_set) > 1):
+            return a.addressable_data(0)
+        return a
+
+    return jax.tree.map(one, tree)
+
+
+@contextlib.contextmanager
+def _evaluate_one_copy():
+    """While open, :func:`lnjax.training.fit` evaluates one device's copy of the state.
+
+    A workaround: after a data-parallel epoch ``fit`` evaluates the state
+    replicated over the mesh, so on one process every device computes the whole
+    evaluation (8 times the work on 8 CPU devices: 12.6 s instead of 1.6 s per
+    10,000 test images here).
+    """
+    from lnjax import steps, training
+
+    def evaluate(state, x, y, **kwargs):
+        return steps.evaluate(one_copy(state), x, y, **kwargs)
+
+    saved = training.evaluate
+    training.evaluate = evaluate
+    try:
+        yield
+    finally:
+        training.evaluate = saved
+
+
+# ------------------------------------------------------------------ the figure
+
+
+def _setting(batch_size: int | str, devices: int) -> str:
+    bs = int(batch_size)
+    if devices > 1:
+        return f"batch {bs} over {devices} devices ({bs // devices} each)"
+    return f"batch {bs}, one device"
+
+
+def settings(results: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The batch settings of a ``results.json``: ``(batch size, devices)``, one device first,
+    largest batch first."""
+    found = {(bs, h.get("devices", 1)) for by in results["runs"].values()
+             for bs, h in by.items() if not skipped(h)}
+    return sorted(found, key=lambda s: (s[1], -int(s[0])))
+
+
+def plot(results: dict, path: str) -> None:
+    """Train NLL (log) above test error against epochs, one column per batch setting."""
+    plt = common.pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    columns = settings(results)
+    rows = (("train_loss", "train NLL", 1, "log"), ("test_error", "test error (%)", 100, "linear"))
+    fig, axes = plt.subplots(len(rows), max(len(columns), 1), squeeze=False,
+                             figsize=(4.2 * max(len(columns), 1), 6.4))
+    for (key, ylabel, factor, scale), row in zip(rows, axes):
+        for (bs, _), ax in zip(columns, row):
+            for method, by in results["runs"].items():
+                h = by.get(bs)
+                if h and not skipped(h):
+                    ax.plot(h["epoch"], [factor * v for v in h[key]], marker="o", markersize=3,
+                            color=COLORS.get(method), label=LABELS.get(method, method))
+            ax.set(xlabel="epoch", ylabel=ylabel, yscale=scale)
+            ax.grid(alpha=0.3, which="both")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for (bs, devices), ax in zip(columns, axes[0]):
+        ax.set_title(_setting(bs, devices), fontsize=10)
+        ax.legend(fontsize=8)
+    channels = results.get("config", {}).get("channels", list(CHANNELS))
+    common.save_figure(fig, path, f"ConvNet ({'-'.join(map(str, channels))} channels) on "
+                       f"{results['dataset']['name']} (lnjax), Adam")
+
+
+# ------------------------------------------------------------------ the verdicts
+
+
+def _test_error(results: Mapping[str, Any], method: str, bs: str) -> float | None:
+    h = results["runs"].get(method, {}).get(bs)
+    if not h or skipped(h) or not h.get("test_error"):
+        return None
+    return h["test_error"][-1]
+
+
+def _compare(results: Mapping[str, Any], bs: str, better: str, worse: str, *,
+             or_equal: bool = False) -> tuple[bool | None, bool, str]:
+    """Whether ``better``'s last test error is below (or equal to) ``worse``'s; whether the
+    difference is clear (over two standard errors of the test set's sampling noise); a line
+    with the numbers."""
+    a, b = _test_error(results, better, bs), _test_error(results, worse, bs)
+    relation = "at least as good as" if or_equal else "ahead of"
+    claim = f"{LABELS.get(better, better)} {relation} {LABELS.get(worse, worse)}"
+    if a is None or b is None:
+        missing = [m for m, v in ((better, a), (worse, b)) if v is None]
+        return None, False, f"{claim}: not run ({', '.join(missing)} missing)"
+    held = a <= b if or_equal else a < b
+    n = results["dataset"]["sizes"]["test"]
+    noise = 2 * math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+    clear = abs(a - b) > noise
+    return held, clear, (f"{claim}: {'held' if held else 'did not hold'} (test error "
+                         f"{100 * a:.2f}% vs {100 * b:.2f}%, {100 * (a - b):+.2f} pp"
+                         f"{'' if clear else f'; not clear: within ±{100 * noise:.2f} pp'})")
+
+
+def verdicts(results: Mapping[str, Any]) -> list[str]:
+    """The seed's claims, each judged from the last-epoch test errors in ``results``.
+
+    1. At the largest one-device batch size (128), batch norm is at least as
+       good as layer norm in a ConvNet (Ba et al.).
+    2. There, layer norm beats no normalization (Ba et al.).
+    3. At the smallest one-device batch size (4), layer norm, group norm and
+       batch renorm each beat batch norm.
+    4. With 4 examples per device (a split batch), layer norm, group norm and
+       per-device batch renorm each beat per-device batch norm; and, not a claim
+       but the control, synchronized batch norm beats per-device.
+
+    A claim holds when each of its comparisons does, by the numbers; a
+    comparison whose difference is within two standard errors of the test set's
+    sampling noise is marked "not clear", and the claim's line counts them.
+
+    Returns:
+      Markdown lines: per claim a line (held / did not hold / not run) and one
+      line per comparison.
+    """
+    groups = []
+    one = [bs for bs, d in settings(results) if d == 1]
+    if one:
+        big = one[0]
+        groups += [(f"At batch {big} (one device), batch norm at least as good as layer norm "
+                    "in a ConvNet (Ba et al. 2016)",
+                    [_compare(results, big, "batchnorm", "layernorm", or_equal=True)]),
+                   (f"At batch {big} (one device), layer norm ahead of no normalization "
+                    "(Ba et al. 2016)", [_compare(results, big, "layernorm", "none")])]
+    if len(one) > 1:
+        small = one[-1]
+        groups.append((f"At batch {small} (one device), layer norm, group norm and batch "
+                       "renorm ahead of batch norm",
+                       [_compare(results, small, m, "batchnorm")
+                        for m in ("layernorm", "groupnorm", "batchrenorm")]))
+    for bs, d in settings(results):
+        if d > 1:
+            groups += [(f"At batch {bs} over {d} devices ({int(bs) // d} each), layer norm, "
+                        "group norm and per-device batch renorm ahead of per-device (ghost) "
+                        "batch norm", [_compare(results, bs, m, "batchnorm")
+                                       for m in ("layernorm", "groupnorm", "batchrenorm")]),
+                       (f"Control at batch {bs} over {d} devices: synchronized batch norm "
+                        "ahead of per-device", [_compare(results, bs, "batchnorm_sync",
+                                                         "batchnorm")])]
+    lines = []
+    for title, comparisons in groups:
+        outcomes = [held for held, _, _ in comparisons]
+        if None in outcomes:
+            state = "not run"
+        else:
+            state = "held" if all(outcomes) else "did not hold"
+            unclear = sum(not clear for _, clear, _ in comparisons)
+            if unclear:
+                state += (" (within the noise)" if len(comparisons) == 1 else
+                          f" ({unclear} of {len(comparisons)} comparisons within the noise)")
+        lines.append(f"- **{title}: {state}.**")
+        lines.extend(f"  - {line}" for _, _, line in comparisons)
+    return lines
+
+
+def summary(results: Mapping[str, Any]) -> str:
+    """``summary.md``: the table of the runs made, what the batch settings were, the
+    full-size command and the verdicts."""
+    ran = {m: {bs: h for bs, h in by.items() if not skipped(h)}
+           for m, by in results["runs"].items()}
+    table = common.summary_table({m: by for m, by in ran.items() if by}, columns=COLUMNS)
+    names = ", ".join(_setting(bs, d) for bs, d in settings(results))
+    lines = [table, "", f"Batch settings: {names}. Batch norm and renorm normalize over each "
+             "device's examples, batchnorm_sync over the whole batch.",
+             f"Full-size run: `{FULL_SIZE}`.", "", "Verdicts (last-epoch test errors, one "
+             "seed; 'not clear': within two standard errors of the test set's sampling "
+             "noise):", "", *verdicts(results)]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ the command line
+
+
+COLUMNS = (("devices", "devices", "d"), *common.columns(("epochs", "epoch", "d")))
+
+
+def _batch_list(text: str) -> list[int]:
+    return [] if text.strip().lower() == "none" else common.comma_list(int)(text)
+
+
+def _add_flags(p) -> None:
+    p.add_argument("--channels", type=common.comma_list(int), default=list(CHANNELS),
+                   help=f"the conv blocks' widths (multiples of {GROUPS}, group norm's groups)")
+    p.add_argument("--data-parallel", type=_batch_list, default=[32],
+                   help="the batch sizes (of --batch-sizes) split over the --devices devices, "
+                        "'none' for none; the others train on one device")
+    p.add_argument("--momentum", type=float, default=MOMENTUM,
+                   help="batch norm's and renorm's running averages: new = momentum * old + "
+                        "(1 - momentum) * batch")
+    p.set_defaults(train_examples=8000)
+
+
+def _check(p, args) -> None:
+    if not 0 <= args.momentum < 1:
+        p.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    if any(c < 1 or c % GROUPS for c in args.channels):
+        p.error(f"--channels must be positive multiples of {GROUPS} (group norm's groups), "
+                f"got {args.channels}")
+    split = [bs for bs in args.batch_sizes if bs in args.data_parallel]
+    n = args.devices or jax.device_count()
+    if split and n < 2:
+        p.error(f"--data-parallel {','.join(map(str, split))} needs several devices, found {n}: "
+                "on a CPU set XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax "
+                "starts (python -m lnjax.experiments.convnet does), or pass --data-parallel none")
+    bad = [bs for bs in split if bs % n]
+    if bad:
+        p.error(f"--data-parallel batch sizes must divide evenly over the {n} devices, got {bad}")
+    if "batchnorm_sync" in args.methods and not split:
+        p.error("--methods batchnorm_sync needs a batch split over devices: one of "
+                f"--batch-sizes {args.batch_sizes} in --data-parallel {args.data_parallel}")
+
+
+EXPERIMENT = driver.Experiment(
+    name="convnet", description=__doc__.split("\n\n")[0], title="ConvNet on",
+    methods=METHODS, run=run, plot=plot, figure="convnet.png", columns=COLUMNS,
+    batch_sizes=(128, 4, 32), epochs=3, lr=1e-3, out="runs/convnet",
+    add_flags=_add_flags, run_flags=("channels", "data_parallel", "momentum"), check=_check)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m lnjax.experiments.convnet [flags]``; returns what ``results.json`` holds.
+
+    After the driver's runs, ``summary.md`` is rewritten with the runs made, the
+    full-size command and the verdicts (:func:`summary`), which are also printed.
+    """
+    results = driver.main(EXPERIMENT, argv)
+    out = results["config"]["out"]
+    for bs, d in settings(results):
+        print(f"{_setting(bs, d)}: {d} device{'s' if d > 1 else ''}")
+    text = summary(results)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(text)
+    print("\n" + text.split("\n\n", 1)[1])
+    return results
+
+
+def _ask_for_host_devices(n: int) -> None:
+    """Asks XLA for ``n`` CPU devices, unless ``XLA_FLAGS`` already names a count (before jax
+    starts its backends; importing jax does not)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+if __name__ == "__main__":
+    _ask_for_host_devices(DEVICES)
+    main()
