@@ -105,23 +105,24 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 def host_local(tree: Any) -> Any:
     """This process's copy of a replicated tree, on its first local device.
 
-    A fully replicated global array (e.g. the state :func:`train_epoch`
-    returns on a mesh over several processes) becomes the single-device array
-    held on this process's first device: what a computation outside the mesh,
-    such as :func:`lnjax.steps.evaluate`, can use. Other leaves are returned as
-    they are.
+    An array replicated over several devices (e.g. the state :func:`train_epoch`
+    returns, on one process or several) becomes the single-device array held
+    on this process's first device: what a computation outside the mesh, such
+    as :func:`lnjax.steps.evaluate`, can use without every device repeating
+    it. Other leaves are returned as they are.
 
     Raises:
       ValueError: a leaf spans other processes' devices and is not replicated.
     """
     def local(a):
-        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+        if not isinstance(a, jax.Array) or len(a.sharding.device_set) == 1:
             return a
-        if not a.is_fully_replicated:
-            raise ValueError(f"host_local: an array of shape {a.shape} is split over several "
-                             f"processes ({a.sharding}); only replicated arrays have a local "
-                             "copy.")
-        return a.addressable_data(0)
+        if a.is_fully_replicated:
+            return a.addressable_data(0)
+        if a.is_fully_addressable:
+            return a
+        raise ValueError(f"host_local: an array of shape {a.shape} is split over several "
+                         f"processes ({a.sharding}); only replicated arrays have a local copy.")
 
     return jax.tree.map(local, tree)
 

@@ -159,18 +159,6 @@ def test_synchronized_batch_norm_is_the_whole_batch_and_ghost_is_not():
     assert not np.allclose(ghost.params["Dense_0"]["kernel"], whole.params["Dense_0"]["kernel"])
 
 
-def test_data_parallel_runs_evaluate_one_copy_of_the_state():
-    state = {"w": parallel.replicate(jnp.arange(6.0), parallel.make_mesh(8)), "n": 3}
-    local = convnet.one_copy(state)
-    assert len(state["w"].devices()) == 8 and len(local["w"].devices()) == 1
-    np.testing.assert_array_equal(local["w"], np.arange(6.0))
-    assert local["n"] == 3
-    original = training.evaluate
-    with convnet._evaluate_one_copy():
-        assert training.evaluate is not original
-    assert training.evaluate is original
-
-
 # ------------------------------------------------------------------ the model's pieces
 
 

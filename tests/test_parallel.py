@@ -1,6 +1,7 @@
 """Data-parallel training on 8 CPU devices (tests/conftest.py forces them) against one device."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -273,6 +274,7 @@ _HOST = """
 import os, sys
 pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 import jax
+import jax.numpy as jnp
 jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
                            process_id=pid)
 import numpy as np, optax
@@ -329,3 +331,15 @@ def test_two_hosts_given_the_global_batches_equal_one_device(tmp_path):
         got = np.load(tmp_path / f"host{i}.npz")
         got = [got[f"arr_{k}"] for k in range(len(got.files))]
         assert max_diff(expect, got) < 1e-5
+
+
+def test_host_local_gives_one_copy_of_a_state_replicated_over_local_devices():
+    """fit evaluates this copy after a data-parallel epoch, not one per device."""
+    state = {"w": parallel.replicate(jnp.arange(6.0), parallel.make_mesh(8)), "n": 3,
+             "one": jnp.ones(2)}
+    local = parallel.host_local(state)
+    assert len(state["w"].devices()) == 8 and len(local["w"].devices()) == 1
+    np.testing.assert_array_equal(local["w"], np.arange(6.0))
+    assert local["n"] == 3 and local["one"] is state["one"]
+    split = parallel.shard(np.arange(16.0), parallel.make_mesh(8))
+    assert parallel.host_local(split) is split  # split over this process's devices: kept

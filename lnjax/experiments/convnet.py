@@ -75,7 +75,6 @@ Renormalization"; Hoffer, Hubara & Soudry (2017) for ghost batch norm.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -263,47 +262,12 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
     setting = {"channels": list(channels), "devices": n, "groups": GROUPS, "momentum": momentum,
                "renorm_ramp": RENORM_RAMP}
     where = f"/{n} devices" if n > 1 else ""
-    with _evaluate_one_copy() if n > 1 else contextlib.nullcontext():
-        history = common.fit_run(model, optax.adam(lr), splits, method=method,
-                                 batch_size=batch_size, lr=lr, seed=seed, hidden=setting,
-                                 epochs=epochs, out=out, resume=resume, progress=progress,
-                                 mesh=mesh if n > 1 else None, takes_mask=True,
-                                 desc=f"{LABELS[method]:>14} bs={batch_size}{where}")
+    history = common.fit_run(model, optax.adam(lr), splits, method=method,
+                             batch_size=batch_size, lr=lr, seed=seed, hidden=setting,
+                             epochs=epochs, out=out, resume=resume, progress=progress,
+                             mesh=mesh if n > 1 else None, takes_mask=True,
+                             desc=f"{LABELS[method]:>14} bs={batch_size}{where}")
     return {**history, "devices": n}
-
-
-def one_copy(tree: Any) -> Any:
-    """``tree`` with each array replicated over several devices of this process replaced by
-    its copy on one device (other leaves as they are)."""
-    def one(a):
-        if (isinstance(a, jax.Array) and a.is_fully_addressable and a.is_fully_replicated
-                and len(a.sharding.device_set) > 1):
-            return a.addressable_data(0)
-        return a
-
-    return jax.tree.map(one, tree)
-
-
-@contextlib.contextmanager
-def _evaluate_one_copy():
-    """While open, :func:`lnjax.training.fit` evaluates one device's copy of the state.
-
-    A workaround: after a data-parallel epoch ``fit`` evaluates the state
-    replicated over the mesh, so on one process every device computes the whole
-    evaluation (8 times the work on 8 CPU devices: 12.6 s instead of 1.6 s per
-    10,000 test images here).
-    """
-    from lnjax import steps, training
-
-    def evaluate(state, x, y, **kwargs):
-        return steps.evaluate(one_copy(state), x, y, **kwargs)
-
-    saved = training.evaluate
-    training.evaluate = evaluate
-    try:
-        yield
-    finally:
-        training.evaluate = saved
 
 
 # ------------------------------------------------------------------ the figure
