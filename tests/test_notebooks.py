@@ -40,7 +40,7 @@ from tests.helpers import idx_bytes, write  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 COLABS = ROOT / "colabs"
 NOTEBOOKS = ("01_layer_norm.ipynb", "02_permutation_invariant_mnist.ipynb", "03_ln_lstm.ipynb",
-             "04_benchmarks.ipynb")
+             "04_benchmarks.ipynb", "05_transformer.ipynb")
 PAIRING = "ipynb,py:percent"
 NOTEBOOK_SECONDS = 180  # each notebook, kernel start included
 KERNEL = "lnjax-notebook-test"
@@ -57,6 +57,9 @@ TINY = {
         "N_TEST": 100, "N_PROBE": 32},
     "04_benchmarks.ipynb": {
         "SHAPES": "tiny", "CASES": ["ln_fb", "rms_fb", "ln_fwd", "ln_memory"]},
+    "05_transformer.ipynb": {
+        "DATA_DIR": DATA_DIR, "LAYERS": 1, "WIDTH": 16, "HEADS": 2, "MLP_DIM": 32, "BATCH": 32,
+        "N_TRAIN": 256, "EPOCHS": 2, "WARMUP_STEPS": 4, "N_EVAL": 200},
 }
 # Words that belong to the tests, not to a notebook.
 TEST_WORDS = ("LNJAX_NOTEBOOK", "tests/", "pytest", "test_notebooks", "TINY",
