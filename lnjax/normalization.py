@@ -477,17 +477,10 @@ class NormSpec:
         fshape, target = self.feature_shape, self.target_shape
 
         def shaped(name, v, dtype):
-            v = jnp.asarray(v, dtype)
-            if v.ndim == 1 and v.size == math.prod(fshape):  # flat, as flax.nnx stores them
-                return v.reshape(target)
-            try:
-                ok = np.broadcast_shapes(v.shape, fshape) == fshape
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"{self.name}: {name} of shape {v.shape} does not match the "
-                                 f"feature shape {fshape} (it must equal it or broadcast to it).")
-            return jnp.broadcast_to(v, fshape).reshape(target)
+            v = jnp.asarray(v)
+            if v.ndim == 1 and len(fshape) > 1 and v.size == math.prod(fshape):
+                v = v.reshape(fshape)  # flat, as flax.nnx stores them
+            return checks.feature_param(v, name, fshape, target, fn=self.name).astype(dtype)
 
         mean = shaped("running_mean", mean, self.stats_dtype)
         var = shaped("running_var", var, jnp.finfo(self.stats_dtype).dtype)

@@ -57,3 +57,14 @@ def known_sha256(folder, name):
         form = "gz" if payload[:2] == b"\x1f\x8b" else "raw"
         entries[hashlib.sha256(payload).hexdigest()] = (name, path.name.removesuffix(".gz"), form)
     return entries
+
+
+def small_mnist(root, monkeypatch, n_train, n_val, n_test):
+    """``write_mnist_folder`` in ``root/data/mnist`` with ``n_train + n_val`` training examples,
+    the last ``n_val`` of them the validation split; returns ``root/data`` (the data_dir)."""
+    from lnjax import data
+
+    write_mnist_folder(Path(root) / "data" / "mnist", n_train + n_val, n_test)
+    monkeypatch.setattr(data, "_VALIDATION_SIZE", n_val)
+    data._read_idx_cached.cache_clear()
+    return Path(root) / "data"

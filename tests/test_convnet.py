@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from lnjax import data, parallel, training
+from lnjax import parallel, training
 from lnjax.experiments import convnet
-from tests.helpers import write_mnist_folder
+from tests.helpers import small_mnist
 
 N_TRAIN, N_VAL, N_TEST = 128, 64, 64  # validation and test alike: one evaluation compiled
 TINY = ["--channels", "8,8", "--no-progress", "--lr", "1e-2"]
@@ -25,10 +25,7 @@ TINY = ["--channels", "8,8", "--no-progress", "--lr", "1e-2"]
 @pytest.fixture
 def mnist_dir(tmp_path, monkeypatch):
     """A small MNIST-format data set in tmp_path/data/mnist; validation = last 64 examples."""
-    write_mnist_folder(tmp_path / "data" / "mnist", N_TRAIN + N_VAL, N_TEST)
-    monkeypatch.setattr(data, "_VALIDATION_SIZE", N_VAL)
-    data._read_idx_cached.cache_clear()
-    return tmp_path / "data"
+    return small_mnist(tmp_path, monkeypatch, N_TRAIN, N_VAL, N_TEST)
 
 
 def data_flags(mnist_dir, out):

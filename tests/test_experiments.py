@@ -11,7 +11,7 @@ import pytest
 
 from lnjax import data
 from lnjax.experiments import common, invariance, pi_mnist, seq_mnist
-from tests.helpers import known_sha256, write_mnist_folder
+from tests.helpers import known_sha256, small_mnist, write_mnist_folder
 
 N_TRAIN, N_VAL, N_TEST = 96, 48, 64
 
@@ -19,10 +19,7 @@ N_TRAIN, N_VAL, N_TEST = 96, 48, 64
 @pytest.fixture
 def mnist_dir(tmp_path, monkeypatch):
     """A small MNIST-format data set in tmp_path/data/mnist; validation = last 48 examples."""
-    write_mnist_folder(tmp_path / "data" / "mnist", N_TRAIN + N_VAL, N_TEST)
-    monkeypatch.setattr(data, "_VALIDATION_SIZE", N_VAL)
-    data._read_idx_cached.cache_clear()
-    return tmp_path / "data"
+    return small_mnist(tmp_path, monkeypatch, N_TRAIN, N_VAL, N_TEST)
 
 
 def read_results(out):

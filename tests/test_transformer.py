@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lnjax import data, layer_norm
+from lnjax import layer_norm
 from lnjax.experiments import transformer
-from tests.helpers import write_mnist_folder
+from tests.helpers import small_mnist
 
 N_TRAIN, N_VAL, N_TEST = 192, 48, 48  # one evaluation shape: one compilation
 TINY = ["--layers", "1", "--width", "16", "--heads", "2", "--mlp-dim", "32"]
@@ -21,10 +21,7 @@ TINY = ["--layers", "1", "--width", "16", "--heads", "2", "--mlp-dim", "32"]
 @pytest.fixture
 def mnist_dir(tmp_path, monkeypatch):
     """A small MNIST-format data set in tmp_path/data/mnist; validation = last 48 examples."""
-    write_mnist_folder(tmp_path / "data" / "mnist", N_TRAIN + N_VAL, N_TEST)
-    monkeypatch.setattr(data, "_VALIDATION_SIZE", N_VAL)
-    data._read_idx_cached.cache_clear()
-    return tmp_path / "data"
+    return small_mnist(tmp_path, monkeypatch, N_TRAIN, N_VAL, N_TEST)
 
 
 def images(n, seed=0):

@@ -31,6 +31,7 @@ kernels' derivatives fall back on.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -90,6 +91,43 @@ def tangent(x: Array, scale: Array | None, shift: Array, mean: Array, rstd: Arra
     return ty.astype(out_dtype)
 
 
+def custom_row_norm(forward: Callable, tangent: Callable, *,
+                    prevent_cse: bool) -> Callable[..., Array]:
+    """A row kernel with :func:`lnjax.kernels.row_norm`'s signature from a forward and a tangent.
+
+    ``forward(x, scale, bias, epsilon, centered, out_dtype) -> (y, (shift, mean,
+    rstd))`` and ``tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *,
+    centered, out_dtype)`` (linear in the tangents) become one ``custom_jvp``;
+    the tangent runs under ``jax.checkpoint`` (so reverse mode saves ``x``,
+    ``scale`` and three numbers per row), with ``prevent_cse`` passed on
+    (``False``: no ``optimization_barrier``).
+    """
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+    def norm(x, scale, bias, epsilon, centered, out_dtype):
+        return forward(x, scale, bias, epsilon, centered, out_dtype)[0]
+
+    @norm.defjvp
+    def norm_jvp(epsilon, centered, out_dtype, primals, tangents):
+        x, scale, bias = primals
+        tx, tscale, tbias = tangents
+        y, (shift, mean, rstd) = forward(x, scale, bias, epsilon, centered, out_dtype)
+        linear = jax.checkpoint(functools.partial(tangent, centered=centered,
+                                                  out_dtype=out_dtype), prevent_cse=prevent_cse)
+        return y, linear(x, scale, shift, mean, rstd, tx, tscale, tbias)
+
+    def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
+                 centered: bool, stats_dtype: Any, out_dtype: Any) -> Array:
+        scale, bias = (None if p is None else p.astype(stats_dtype) for p in (scale, bias))
+        return norm(x.astype(stats_dtype), scale, bias, float(epsilon), bool(centered),
+                    jnp.dtype(out_dtype))
+
+    return row_norm
+
+
+# prevent_cse=False: no optimization_barrier, which would block fusion on GPU and TPU.
+_row_norm = custom_row_norm(forward, tangent, prevent_cse=False)
+
+
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
              centered: bool, stats_dtype: Any, out_dtype: Any) -> Array:
     """Layer norm (``centered``) or RMS norm of 2-D ``x`` over its last axis.
@@ -103,22 +141,5 @@ def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: floa
       >>> [round(float(v), 4) for v in y[0]]
       [-1.2247, 0.0, 1.2247]
     """
-    scale, bias = (None if p is None else p.astype(stats_dtype) for p in (scale, bias))
-    return _row_norm(x.astype(stats_dtype), scale, bias, float(epsilon), bool(centered),
-                     jnp.dtype(out_dtype))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _row_norm(x, scale, bias, epsilon, centered, out_dtype):
-    return forward(x, scale, bias, epsilon, centered, out_dtype)[0]
-
-
-@_row_norm.defjvp
-def _row_norm_jvp(epsilon, centered, out_dtype, primals, tangents):
-    x, scale, bias = primals
-    tx, tscale, tbias = tangents
-    y, (shift, mean, rstd) = forward(x, scale, bias, epsilon, centered, out_dtype)
-    # prevent_cse=False: no optimization_barrier, which would block fusion on GPU and TPU.
-    linear = jax.checkpoint(functools.partial(tangent, centered=centered, out_dtype=out_dtype),
-                            prevent_cse=False)
-    return y, linear(x, scale, shift, mean, rstd, tx, tscale, tbias)
+    return _row_norm(x, scale, bias, epsilon=epsilon, centered=centered,
+                     stats_dtype=stats_dtype, out_dtype=out_dtype)

@@ -56,11 +56,11 @@ so they stay for XLA:CPU.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lnjax.kernels import xla
 
 Array = jax.Array
 
@@ -163,26 +163,14 @@ def tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *, centered, out_dty
     return ty.astype(out_dtype)
 
 
+_row_norm = xla.custom_row_norm(forward, tangent, prevent_cse=True)
+
+
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
              centered: bool, stats_dtype, out_dtype) -> Array:
     """Layer norm (``centered``) or RMS norm of 2-D ``x`` over its last axis.
 
     The contract of :func:`lnjax.kernels.row_norm`.
     """
-    scale, bias = (None if p is None else p.astype(stats_dtype) for p in (scale, bias))
-    return _row_norm(x.astype(stats_dtype), scale, bias, float(epsilon), bool(centered),
-                     jnp.dtype(out_dtype))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _row_norm(x, scale, bias, epsilon, centered, out_dtype):
-    return forward(x, scale, bias, epsilon, centered, out_dtype)[0]
-
-
-@_row_norm.defjvp
-def _row_norm_jvp(epsilon, centered, out_dtype, primals, tangents):
-    x, scale, bias = primals
-    tx, tscale, tbias = tangents
-    y, (shift, mean, rstd) = forward(x, scale, bias, epsilon, centered, out_dtype)
-    linear = jax.checkpoint(functools.partial(tangent, centered=centered, out_dtype=out_dtype))
-    return y, linear(x, scale, shift, mean, rstd, tx, tscale, tbias)
+    return _row_norm(x, scale, bias, epsilon=epsilon, centered=centered,
+                     stats_dtype=stats_dtype, out_dtype=out_dtype)
