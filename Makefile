@@ -31,8 +31,14 @@ data:
 	  $$SUDO apt-get install -y -q dataset-fashion-mnist || \
 	  { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; }
 
+# PyTorch's CPU build, for the suite's comparisons against PyTorch (this machine kind keeps
+# the 2.13.0 CPU wheel on disk; elsewhere pip downloads it).
+$(VENV)/.installed-torch: | $(PY)
+	$(PIP) install --quiet "torch==2.13.0"
+	touch $@
+
 ## test: the whole suite, doctests included (fetches Fashion-MNIST for the real-data check).
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(VENV)/.installed-torch
 	@$(PY) -m lnjax.data fashion_mnist >/dev/null || $(MAKE) --no-print-directory data
 	$(PY) -m pytest -q -n 2
 
