@@ -439,7 +439,6 @@ def _add_flags(p) -> None:
     p.add_argument("--momentum", type=float, default=MOMENTUM,
                    help="batch norm's and renorm's running averages: new = momentum * old + "
                         "(1 - momentum) * batch")
-    p.set_defaults(train_examples=8000)
 
 
 def _check(p, args) -> None:
@@ -465,7 +464,7 @@ def _check(p, args) -> None:
 EXPERIMENT = driver.Experiment(
     name="convnet", description=__doc__.split("\n\n")[0], title="ConvNet on",
     methods=METHODS, run=run, plot=plot, figure="convnet.png", columns=COLUMNS,
-    batch_sizes=(128, 4, 32), epochs=3, lr=1e-3, out="runs/convnet",
+    batch_sizes=(128, 4, 32), epochs=3, lr=1e-3, out="runs/convnet", train_examples=8000,
     add_flags=_add_flags, run_flags=("channels", "data_parallel", "momentum"), check=_check)
 
 

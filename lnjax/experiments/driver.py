@@ -42,6 +42,7 @@ class Experiment:
       columns: the summary table's ``(header, history key, format)`` columns
         (see :func:`common.summary_table`).
       batch_sizes, epochs, lr, out: the defaults of those flags.
+      train_examples: the default of ``--train-examples`` (``None``: all).
       add_flags: adds the experiment's own flags to the parser.
       run_flags: the destinations of those flags that ``run`` takes as keywords.
       check: ``check(parser, args)`` rejects bad values of the experiment's own
@@ -60,13 +61,15 @@ class Experiment:
     epochs: int
     lr: float
     out: str
+    train_examples: int | None = None
     add_flags: Callable[[argparse.ArgumentParser], None] = lambda p: None
     run_flags: tuple[str, ...] = ()
     check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] = lambda p, a: None
 
 
 def parser(description: str, *, methods: Sequence[str], default_methods: Sequence[str],
-           batch_sizes: Sequence[int], epochs: int, lr: float, out: str) -> argparse.ArgumentParser:
+           batch_sizes: Sequence[int], epochs: int, lr: float, out: str,
+           train_examples: int | None = None) -> argparse.ArgumentParser:
     """The flags every experiment takes."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -81,8 +84,8 @@ def parser(description: str, *, methods: Sequence[str], default_methods: Sequenc
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per run")
     p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batch order")
-    p.add_argument("--train-examples", type=int, default=None,
-                   help="train on the first N of the 55,000 training examples (default: all)")
+    p.add_argument("--train-examples", type=int, default=train_examples,
+                   help="train on the first N of the 55,000 training examples (None: all)")
     p.add_argument("--out", default=out, help="folder for results.json, the figure, checkpoints")
     p.add_argument("--no-resume", action="store_true",
                    help="start every run afresh instead of resuming from its checkpoint")
@@ -137,7 +140,8 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
     """Runs ``experiment`` from its command line ``argv``; returns what ``results.json`` holds."""
     e = experiment
     p = parser(e.description, methods=e.methods, default_methods=e.methods,
-               batch_sizes=e.batch_sizes, epochs=e.epochs, lr=e.lr, out=e.out)
+               batch_sizes=e.batch_sizes, epochs=e.epochs, lr=e.lr, out=e.out,
+               train_examples=e.train_examples)
     e.add_flags(p)
     args = p.parse_args(argv)
     check_args(p, args, methods=e.methods)

@@ -384,7 +384,6 @@ TRAIN_EXAMPLES = 12_800  # the default --train-examples: 100 steps an epoch at b
 
 
 def _add_flags(p) -> None:
-    p.set_defaults(train_examples=TRAIN_EXAMPLES)
     p.add_argument("--layers", type=int, default=4, help="encoder blocks")
     p.add_argument("--width", type=int, default=128, help="model width")
     p.add_argument("--heads", type=int, default=4, help="attention heads (dividing --width)")
@@ -404,7 +403,8 @@ def _check(p, args) -> None:
 EXPERIMENT = driver.Experiment(
     name="transformer", description=__doc__.split("\n\n")[0], title="Transformer encoder on",
     methods=METHODS, run=run, plot=plot, figure="curves.png", columns=COLUMNS,
-    batch_sizes=(128,), epochs=2, lr=3e-3, out="runs/transformer", add_flags=_add_flags,
+    batch_sizes=(128,), epochs=2, lr=3e-3, out="runs/transformer",
+    train_examples=TRAIN_EXAMPLES, add_flags=_add_flags,
     run_flags=("layers", "width", "heads", "mlp_dim", "warmup_steps"), check=_check)
 
 
