@@ -64,6 +64,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lnjax._optional import require
+
 __all__ = [
     "NAMES",
     "prepare",
@@ -809,11 +811,8 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None) -> None:
       data_dir: the TFDS data directory (default: TFDS's own).
     """
     _check_choice(name, NAMES, fn="prepare", name="name")
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise ImportError("prepare: needs tensorflow-datasets (pip install "
-                          "'lnjax[data]' tensorflow)") from e
+    tfds = require("tensorflow_datasets", "lnjax.data.prepare (it also needs tensorflow "
+                   "to download)")
     builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
     builder.download_and_prepare(file_format="array_record")
 

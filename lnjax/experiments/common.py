@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from lnjax._optional import require
+
 
 def comma_list(kind: Callable[[str], Any]) -> Callable[[str], list]:
     """An argparse type: a comma-separated list of ``kind``."""
@@ -142,8 +144,13 @@ class Timer:
 
 
 def pyplot():
-    """matplotlib's pyplot on a non-interactive backend."""
-    import matplotlib
+    """matplotlib's pyplot on a non-interactive backend.
+
+    Raises:
+      lnjax._optional.MissingExtraError: matplotlib is not installed (one line
+        naming ``pip install "lnjax[plots]"``).
+    """
+    matplotlib = require("matplotlib", "the experiments' figures")
 
     if not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 
 from lnjax import data
+from lnjax._optional import MissingExtraError
 from lnjax.experiments import common
 
 DATASETS = ("auto", *data.NAMES)
@@ -146,6 +147,10 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     check_args(p, args, methods=e.methods)
     e.check(p, args)
+    try:  # the figure is drawn after training: a missing matplotlib stops the run before it
+        common.pyplot()
+    except MissingExtraError as err:
+        p.exit(1, f"{p.prog}: {err}\n")
     timer = common.Timer()
     devices = mesh(args.devices)
     splits, data_info = load_splits(args)
