@@ -20,10 +20,7 @@
 # %% [markdown]
 # # Layer norm, batch norm and weight norm with lnjax
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lnjax/lnjax/blob/main/colabs/01_layer_norm.ipynb)
-#
-# This notebook shows, with [lnjax](https://github.com/lnjax/lnjax)'s functional API and its
-# Flax modules:
+# This notebook shows, with lnjax's functional API and its Flax modules:
 #
 # 1. what **layer norm**, **batch norm** and **weight norm** compute, checked against
 #    plain NumPy;
@@ -35,14 +32,28 @@
 #
 # Reference: Ba, Kiros & Hinton, *Layer Normalization*, 2016,
 # [arXiv:1607.06450](https://arxiv.org/abs/1607.06450), sections 3 and 5.1, Table 1.
+#
+# **Installing lnjax.** The first code cell installs lnjax only if this kernel cannot
+# import it (in a clone's virtualenv, after `pip install -e .` or `make demo`, it installs
+# nothing), from `LNJAX`, set at its top. Its default, `"..[experiments]"`, is the clone
+# this notebook sits in: Jupyter runs a notebook in the notebook's folder, `colabs/`, so
+# `..` is the clone's root. Set `LNJAX` to the path of a wheel built with `python -m build`
+# (`"path/to/lnjax-0.1.0-py3-none-any.whl[experiments]"`) or, where there is no clone, as
+# in Colab, to `"lnjax[experiments] @ git+"` followed by the address of your copy of the
+# repository.
 
 # %%
-# In Colab, install lnjax first; run locally (lnjax installed), this cell does nothing.
-import sys
+# Where pip installs lnjax from if this kernel cannot import it (see above): this clone
+# (the default), a built wheel's path, or "lnjax[experiments] @ git+" and your copy's address.
+LNJAX = "..[experiments]"
 
-if "google.colab" in sys.modules:
-    # %pip install -q "lnjax[experiments] @ git+https://github.com/lnjax/lnjax"
-    print("lnjax installed")
+import importlib.metadata
+import importlib.util
+
+if importlib.util.find_spec("lnjax") is None:
+    # %pip install -q "$LNJAX"
+    importlib.invalidate_caches()
+    print(f"lnjax {importlib.metadata.version('lnjax')} installed from {LNJAX}")
 
 # %%
 # %matplotlib inline

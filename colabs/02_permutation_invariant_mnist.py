@@ -20,8 +20,6 @@
 # %% [markdown]
 # # Permutation-invariant MNIST: layer norm vs batch norm at batch sizes 128 and 4
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lnjax/lnjax/blob/main/colabs/02_permutation_invariant_mnist.ipynb)
-#
 # The paper's section 6.7 and Figure 6, through lnjax's API: a 784-1000-1000-10 network
 # trained with Adam, without normalization (*baseline*), with **batch norm** on every
 # layer, and with **layer norm** on the hidden layers, at batch sizes 128 and 4 (with
@@ -38,14 +36,29 @@
 # 1000-1000 hidden units, 5 epochs (the paper plots 60); on a CPU expect more than an
 # hour (batch size 4 is 13,750 steps per epoch). The command-line version is
 # `python -m lnjax.experiments.pi_mnist`.
+#
+# **Installing lnjax.** The first code cell installs lnjax only if this kernel cannot
+# import it (in a clone's virtualenv, after `pip install -e .` or `make demo`, it installs
+# nothing), from `LNJAX`, set at its top. Its default, `"..[experiments]"`, is the clone
+# this notebook sits in: Jupyter runs a notebook in the notebook's folder, `colabs/`, so
+# `..` is the clone's root. Set `LNJAX` to the path of a wheel built with `python -m build`
+# (`"path/to/lnjax-0.1.0-py3-none-any.whl[experiments]"`) or, where there is no clone, as
+# in Colab, to `"lnjax[experiments] @ git+"` followed by the address of your copy of the
+# repository.
 
 # %%
-# In Colab, install lnjax first; run locally (lnjax installed), this cell does nothing.
+# Where pip installs lnjax from if this kernel cannot import it (see above): this clone
+# (the default), a built wheel's path, or "lnjax[experiments] @ git+" and your copy's address.
+LNJAX = "..[experiments]"
+
+import importlib.metadata
+import importlib.util
 import sys
 
-if "google.colab" in sys.modules:
-    # %pip install -q "lnjax[experiments] @ git+https://github.com/lnjax/lnjax"
-    print("lnjax installed")
+if importlib.util.find_spec("lnjax") is None:
+    # %pip install -q "$LNJAX"
+    importlib.invalidate_caches()
+    print(f"lnjax {importlib.metadata.version('lnjax')} installed from {LNJAX}")
 
 # %% [markdown]
 # **Parameters.** The one cell to edit: `FULL` picks the size of the run, and

@@ -20,8 +20,6 @@
 # %% [markdown]
 # # LN-LSTM against LSTM on row-by-row sequential MNIST
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lnjax/lnjax/blob/main/colabs/03_ln_lstm.ipynb)
-#
 # An LSTM reads each 28×28 image one row (28 pixels) per time step and a softmax layer
 # classifies its last hidden state. We train a plain LSTM and a layer-normalized LSTM
 # (the paper's Eqs. 20–22) from the same initial weights, and then look inside: the
@@ -48,14 +46,29 @@
 # minutes on a CPU); set `FULL = True` in the parameters cell below for two epochs over
 # the 55,000 training examples (the setting of `python -m lnjax.experiments.seq_mnist`,
 # longer on a CPU).
+#
+# **Installing lnjax.** The first code cell installs lnjax only if this kernel cannot
+# import it (in a clone's virtualenv, after `pip install -e .` or `make demo`, it installs
+# nothing), from `LNJAX`, set at its top. Its default, `"..[experiments]"`, is the clone
+# this notebook sits in: Jupyter runs a notebook in the notebook's folder, `colabs/`, so
+# `..` is the clone's root. Set `LNJAX` to the path of a wheel built with `python -m build`
+# (`"path/to/lnjax-0.1.0-py3-none-any.whl[experiments]"`) or, where there is no clone, as
+# in Colab, to `"lnjax[experiments] @ git+"` followed by the address of your copy of the
+# repository.
 
 # %%
-# In Colab, install lnjax first; run locally (lnjax installed), this cell does nothing.
+# Where pip installs lnjax from if this kernel cannot import it (see above): this clone
+# (the default), a built wheel's path, or "lnjax[experiments] @ git+" and your copy's address.
+LNJAX = "..[experiments]"
+
+import importlib.metadata
+import importlib.util
 import sys
 
-if "google.colab" in sys.modules:
-    # %pip install -q "lnjax[experiments] @ git+https://github.com/lnjax/lnjax"
-    print("lnjax installed")
+if importlib.util.find_spec("lnjax") is None:
+    # %pip install -q "$LNJAX"
+    importlib.invalidate_caches()
+    print(f"lnjax {importlib.metadata.version('lnjax')} installed from {LNJAX}")
 
 # %% [markdown]
 # **Parameters.** The one cell to edit: `FULL` picks the size of the run, and

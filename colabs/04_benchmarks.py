@@ -20,8 +20,6 @@
 # %% [markdown]
 # # lnjax benchmarks: layer norm and LN-LSTM against flax and PyTorch
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lnjax/lnjax/blob/main/colabs/04_benchmarks.ipynb)
-#
 # Runs the benchmark suite (`python -m benchmarks.run --quick`) and shows its
 # ratios: lnjax's layer norm and RMS norm (forward + backward, and forward
 # alone) against `flax.linen.LayerNorm`/`RMSNorm`, against `torch.nn.LayerNorm`
@@ -32,17 +30,34 @@
 #
 # Reference: Ba, Kiros & Hinton, *Layer Normalization*, 2016,
 # [arXiv:1607.06450](https://arxiv.org/abs/1607.06450); the LN-LSTM is its Eqs. 20-22.
+#
+# **Installing lnjax.** The benchmarks live beside the package in a clone of the
+# repository, so this notebook runs from a clone. The first code cell installs lnjax only
+# if this kernel cannot import it (in the clone's virtualenv, after `make bench` or
+# `pip install -e ".[bench]"`, it installs nothing), editable, from `LNJAX`, set at its
+# top. Its default, `"..[bench]"`, is the clone this notebook sits in: Jupyter runs a
+# notebook in the notebook's folder, `colabs/`, so `..` is the clone's root. Elsewhere,
+# as in Colab, clone your copy of the repository first and set `LNJAX` to its folder;
+# `"..[bench,torch]"` adds PyTorch, which the suite then compares against.
 
 # %%
-# In Colab, clone lnjax (the benchmarks live beside the package) and install it;
-# run locally from a clone, this cell does nothing.
-import sys
+# Where pip installs lnjax from, editable, if this kernel cannot import it (see above):
+# the clone this notebook is in (the default) or another clone's folder.
+LNJAX = "..[bench]"
 
-if "google.colab" in sys.modules:
-    # !git clone -q https://github.com/lnjax/lnjax /content/lnjax
-    # %pip install -q -e "/content/lnjax[bench,torch]"
-    # %cd /content/lnjax
-    print("lnjax and its benchmarks installed from /content/lnjax")
+import importlib.metadata
+import importlib.util
+import site
+import sys
+import sysconfig
+
+if importlib.util.find_spec("lnjax") is None:
+    # %pip install -q -e "$LNJAX"
+    # An editable install takes effect through a .pth file, which Python reads at start-up:
+    # read it now.
+    site.addsitedir(sysconfig.get_path("purelib"))
+    importlib.invalidate_caches()
+    print(f"lnjax {importlib.metadata.version('lnjax')} installed from {LNJAX}, editable")
 
 # %% [markdown]
 # **Parameters.** The one cell to edit. By default the suite runs in quick mode (few

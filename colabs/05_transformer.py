@@ -20,8 +20,6 @@
 # %% [markdown]
 # # Layer norm in Transformers: post-LN, pre-LN and learning-rate warm-up
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lnjax/lnjax/blob/main/colabs/05_transformer.ipynb)
-#
 # Layer norm is what Transformers use, and *where* it sits matters. The original
 # Transformer normalizes after each residual connection (**post-LN**); Xiong et al.
 # (2020) showed that post-LN needs a learning-rate warm-up to train, while putting the
@@ -40,14 +38,29 @@
 # images. Set `FULL = True` in the parameters cell below for the command line's default
 # run (12,800 examples, evaluated on the whole validation and test splits; about ten
 # minutes on a 2-core CPU). The experiment's docstring gives the flags of a full-size run.
+#
+# **Installing lnjax.** The first code cell installs lnjax only if this kernel cannot
+# import it (in a clone's virtualenv, after `pip install -e .` or `make demo`, it installs
+# nothing), from `LNJAX`, set at its top. Its default, `"..[experiments]"`, is the clone
+# this notebook sits in: Jupyter runs a notebook in the notebook's folder, `colabs/`, so
+# `..` is the clone's root. Set `LNJAX` to the path of a wheel built with `python -m build`
+# (`"path/to/lnjax-0.1.0-py3-none-any.whl[experiments]"`) or, where there is no clone, as
+# in Colab, to `"lnjax[experiments] @ git+"` followed by the address of your copy of the
+# repository.
 
 # %%
-# In Colab, install lnjax first; run locally (lnjax installed), this cell does nothing.
+# Where pip installs lnjax from if this kernel cannot import it (see above): this clone
+# (the default), a built wheel's path, or "lnjax[experiments] @ git+" and your copy's address.
+LNJAX = "..[experiments]"
+
+import importlib.metadata
+import importlib.util
 import sys
 
-if "google.colab" in sys.modules:
-    # %pip install -q "lnjax[experiments] @ git+https://github.com/lnjax/lnjax"
-    print("lnjax installed")
+if importlib.util.find_spec("lnjax") is None:
+    # %pip install -q "$LNJAX"
+    importlib.invalidate_caches()
+    print(f"lnjax {importlib.metadata.version('lnjax')} installed from {LNJAX}")
 
 # %% [markdown]
 # **Parameters.** The one cell to edit: `FULL` picks the size of the run, and

@@ -22,8 +22,15 @@ the settings a reader changes, and the test inserts a cell tagged
 """
 
 import ast
+import atexit
+import builtins
+import importlib.metadata
+import importlib.util
 import os
+import re
+import site
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -34,6 +41,9 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 ipykernel_spec = pytest.importorskip("ipykernel.kernelspec")
 jupytext = pytest.importorskip("jupytext")
+inputtransformer2 = pytest.importorskip("IPython.core.inputtransformer2")
+interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
+traitlets_config = pytest.importorskip("traitlets.config")
 
 from tests.helpers import idx_bytes, write  # noqa: E402
 
@@ -142,15 +152,119 @@ def test_stored_without_outputs(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_title_then_colab_install_cell(name):
+def test_title_then_install_cell(name):
     nb = _read(name)
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
-    assert "arXiv:1607.06450" in nb.cells[0].source
-    install = nb.cells[1]  # the first cell after the title
-    assert install.cell_type == "code"
-    assert 'if "google.colab" in sys.modules:' in install.source
-    assert "%pip install" in install.source  # a magic in the notebook, commented in the .py
+    title, install = nb.cells[0], nb.cells[1]
+    assert title.cell_type == "markdown" and title.source.startswith("# ")
+    assert "arXiv:1607.06450" in title.source
+    assert "`LNJAX`" in title.source  # the title says where lnjax is installed from
+    assert install.cell_type == "code"  # the first code cell, right after the title
     assert "%matplotlib inline" in "".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+# --------------------------------------------------------------------------
+# Installing lnjax: the first code cell, from the one place its top states.
+# --------------------------------------------------------------------------
+
+EDITABLE = {"04_benchmarks.ipynb"}  # the benchmarks live beside the package, in a clone
+EXTRAS = {name: {"bench"} if name in EDITABLE else {"experiments"} for name in NOTEBOOKS}
+
+
+def _python(source):
+    """A code cell's source as the Python IPython runs (magics become calls)."""
+    return inputtransformer2.TransformerManager().transform_cell(source)
+
+
+def _install_from(nb):
+    """The value of ``LNJAX``: a string assigned at the top level of the install cell."""
+    [value] = [node.value.value for node in ast.parse(_python(nb.cells[1].source)).body
+               if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+               and [ast.unparse(t) for t in node.targets] == ["LNJAX"]]
+    assert isinstance(value, str)
+    return value
+
+
+def _shell_calls(source):
+    """``(call, enclosing top-level statement)`` for each magic or shell escape in a cell."""
+    found = []
+    for top in ast.parse(_python(source)).body:
+        for node in ast.walk(top):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and ast.unparse(node.func.value) == "get_ipython()"):
+                found.append((node, top))
+    return found
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_lnjax_is_installed_from_LNJAX_only_where_it_cannot_be_imported(name):
+    nb = _read(name)
+    value = _install_from(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    # One place: LNJAX is assigned once in the notebook, and the one pip is the install
+    # cell's, on "$LNJAX", under `if importlib.util.find_spec("lnjax") is None:`.
+    assert sum(len(re.findall(r"^LNJAX\s*=", c.source, re.M)) for c in code) == 1
+    pips = [(index, call, top) for index, c in enumerate(nb.cells) if c.cell_type == "code"
+            for call, top in _shell_calls(c.source) if "pip" in ast.unparse(call)]
+    assert [(index, ast.unparse(call)) for index, call, _ in pips] == [
+        (1, _python(f'%pip install -q {"-e " if name in EDITABLE else ""}"$LNJAX"').strip())]
+    [(_, _, top)] = pips
+    assert isinstance(top, ast.If)
+    assert ast.unparse(top.test) == "importlib.util.find_spec('lnjax') is None"
+    # No address nobody has checked, in this cell or any other.
+    assert "://" not in nb.cells[1].source
+    for cell in nb.cells:
+        assert "github.com/lnjax" not in cell.source and "git+http" not in cell.source
+    # The default: the clone the notebook sits in (Jupyter's working directory is colabs/).
+    path, extras = re.fullmatch(r"(.+?)\[([\w,]+)\]", value).groups()
+    assert (COLABS / path).resolve() == ROOT
+    assert set(extras.split(",")) == EXTRAS[name]
+    assert EXTRAS[name] <= set(importlib.metadata.metadata("lnjax").get_all("Provides-Extra"))
+
+
+@pytest.fixture
+def ipython(tmp_path, monkeypatch):
+    """``(shell, pip_lines)``: an IPython shell whose ``%pip`` records its line, variables
+    expanded, instead of running pip. This process's ``__main__`` and builtins, which the
+    shell replaces and extends, are put back afterwards."""
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+    builtins_before = set(vars(builtins))
+    config = traitlets_config.Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = interactiveshell.InteractiveShell.instance(config=config)
+    pip_lines = []
+    shell.register_magic_function(pip_lines.append, "line", "pip")
+    yield shell, pip_lines
+    interactiveshell.InteractiveShell.clear_instance()
+    atexit.unregister(shell.atexit_operations)
+    for added in set(vars(builtins)) - builtins_before:
+        delattr(builtins, added)
+
+
+@pytest.mark.parametrize("importable", [True, False], ids=["lnjax-found", "lnjax-missing"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_install_cell_runs_pip_on_LNJAX_only_without_lnjax(name, importable, ipython,
+                                                           monkeypatch, capsys):
+    """The install cell in IPython: nothing where lnjax imports; where it does not, one
+    ``pip install`` of LNJAX's value (editable for the benchmarks, whose .pth file is then
+    read in this session)."""
+    shell, pip_lines = ipython
+    find_spec = importlib.util.find_spec
+    if not importable:
+        monkeypatch.setattr(importlib.util, "find_spec", lambda module, *args: (
+            None if module == "lnjax" else find_spec(module, *args)))
+    sitedirs = []
+    monkeypatch.setattr(site, "addsitedir", lambda folder, *args: sitedirs.append(folder))
+    nb = _read(name)
+    shell.run_cell(nb.cells[1].source).raise_error()
+    out = capsys.readouterr().out
+    if importable:
+        assert (pip_lines, sitedirs, out) == ([], [], "")
+        return
+    editable = name in EDITABLE
+    assert pip_lines == [f'install -q {"-e " if editable else ""}"{_install_from(nb)}"']
+    assert sitedirs == ([sysconfig.get_path("purelib")] if editable else [])
+    assert f"installed from {_install_from(nb)}" in out
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS[1:])
