@@ -108,15 +108,20 @@ def test_the_wheel_holds_the_package_and_its_py_typed_only(dists):
         metadata = z.read(f"{NAME}.dist-info/METADATA").decode()
     headers = metadata.split("\n\n", 1)[0]
     assert "License-Expression: Apache-2.0" in headers
-    assert "Requires-Python: >=3.10" in headers
+    # The oldest Python it accepts is the oldest its classifiers name.
+    [oldest] = re.findall(r"^Requires-Python: >=(3\.\d+)$", headers, re.M)
+    versions = re.findall(r"^Classifier: Programming Language :: Python :: (3\.\d+)$", headers,
+                          re.M)
+    assert min(versions, key=lambda v: int(v.split(".")[1])) == oldest
     assert "Classifier: Typing :: Typed" in headers
     assert sorted(re.findall(r"^Provides-Extra: (.*)$", headers, re.M)) == sorted(EXTRAS)
     # The core dependencies: no extra's package comes with a plain install.
     core = [r for r in re.findall(r"^Requires-Dist: (.*)$", headers, re.M) if "extra ==" not in r]
     assert {re.split(r"[ <>=;\[]", r)[0] for r in core} == {
         "jax", "jaxlib", "flax", "optax", "chex", "numpy", "orbax-checkpoint", "tqdm"}
-    # No address the project cannot vouch for.
+    # No address the project cannot vouch for, in the metadata or the README below it.
     assert not re.search(r"^(Home-page|Project-URL|Download-URL):", headers, re.M)
+    assert "github.com/lnjax" not in metadata and "git+http" not in metadata
 
 
 def test_the_sdist_holds_the_project_with_a_complete_test_suite(dists):
