@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo data test bench lint clean
+.PHONY: demo data test bench lint docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(VENV)/.installed-bench
 ## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py).
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check lnjax tests benchmarks colabs
+
+## docs: the documentation site in docs/_build/html (warnings are errors; runs the notebooks).
+docs: $(VENV)/.installed-dev
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

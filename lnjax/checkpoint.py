@@ -47,6 +47,8 @@ import numpy as np
 
 from lnjax.steps import TrainState, all_finite
 
+__all__ = ["CHECKSUMS", "CheckpointError", "Checkpointer", "DamagedCheckpointWarning"]
+
 CHECKSUMS = "lnjax_checksums.json"
 """The name of the checksum list inside each epoch's checkpoint folder."""
 

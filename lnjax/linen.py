@@ -65,6 +65,30 @@ class LayerNorm(nn.LayerNorm):
     ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks the row kernel
     of :mod:`lnjax.kernels`; it changes no parameter.
 
+    Attributes:
+      epsilon: added to the variance inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      bias_init: the initializer of ``bias`` (default zeros).
+      scale_init: the initializer of ``scale`` (default ones).
+      reduction_axes: the axes the statistics are computed over (default ``-1``).
+      feature_axes: the axes of the learned ``scale`` and ``bias`` (default ``-1``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      force_float32_reductions: compute the statistics in at least float32
+        (default ``True``); ``False`` computes them in the input's dtype.
+      implementation: the row kernel, ``None`` (the platform's default),
+        ``"xla"`` or ``"pallas"`` (see :mod:`lnjax.kernels`); it changes no
+        parameter (default ``None``).
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from lnjax import linen as lnn
@@ -100,6 +124,27 @@ class RMSNorm(nn.RMSNorm):
     Beyond flax: ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks
     the row kernel of :mod:`lnjax.kernels`; it changes no parameter.
 
+    Attributes:
+      epsilon: added to the mean square inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      scale_init: the initializer of ``scale`` (default ones).
+      reduction_axes: the axes the mean square is computed over (default ``-1``).
+      feature_axes: the axes of the learned ``scale`` (default ``-1``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: kept for flax's signature; RMS norm takes no variance
+        (default ``False``).
+      force_float32_reductions: compute the mean square in at least float32
+        (default ``True``); ``False`` computes them in the input's dtype.
+      implementation: the row kernel, ``None`` (the platform's default),
+        ``"xla"`` or ``"pallas"`` (see :mod:`lnjax.kernels`); it changes no
+        parameter (default ``None``).
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from lnjax import linen as lnn
@@ -132,6 +177,31 @@ class GroupNorm(nn.GroupNorm):
     Set ``num_groups`` (default 32) or ``group_size`` (with
     ``num_groups=None``). Channels last; the statistics of each group are
     taken over ``reduction_axes`` (default: all but the batch axis).
+
+    Attributes:
+      num_groups: the number of groups of channels (default ``32``); ``None``
+        when ``group_size`` is given.
+      group_size: the number of channels in a group (default ``None``); set it
+        with ``num_groups=None``.
+      epsilon: added to the variance inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      bias_init: the initializer of ``bias`` (default zeros).
+      scale_init: the initializer of ``scale`` (default ones).
+      reduction_axes: the axes the statistics are computed over (default ``None``:
+        all but the first, the batch axis).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      force_float32_reductions: compute the statistics in at least float32
+        (default ``True``); ``False`` computes them in the input's dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -178,6 +248,27 @@ class InstanceNorm(nn.InstanceNorm):
     Each example and feature (``feature_axes``, default the last) is
     normalized over the remaining non-batch axes.
 
+    Attributes:
+      epsilon: added to the variance inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      bias_init: the initializer of ``bias`` (default zeros).
+      scale_init: the initializer of ``scale`` (default ones).
+      feature_axes: the axes of the features, each normalized on its own and
+        holding the learned ``scale`` and ``bias`` (default ``-1``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      force_float32_reductions: compute the statistics in at least float32
+        (default ``True``); ``False`` computes them in the input's dtype.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from lnjax import linen as lnn
@@ -214,6 +305,33 @@ class BatchNorm(nn.BatchNorm):
 
     Beyond flax: ``unbiased=True`` normalizes with the unbiased variance
     ``n/(n-1) * var`` (the paper's choice at batch size 4).
+
+    Attributes:
+      use_running_average: normalize with the running averages in
+        ``batch_stats`` instead of the batch's statistics (default ``None``: given at
+        call time).
+      axis: the feature axis or axes; the statistics are taken over all others
+        (default ``-1``).
+      momentum: the decay of the running averages (default ``0.99``).
+      epsilon: added to the variance inside the square root (default ``1e-5``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      bias_init: the initializer of ``bias`` (default zeros).
+      scale_init: the initializer of ``scale`` (default ones).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      force_float32_reductions: compute the statistics in at least float32
+        (default ``True``); ``False`` computes them in the input's dtype.
+      unbiased: normalize with the unbiased variance ``n/(n-1) * var`` (default
+        ``False``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -284,8 +402,34 @@ class BatchReNorm(BatchNorm):
     lnjax.renorm_limits(state.step)`` (traced values are fine under ``jit``).
 
     Attributes:
-      r_max: the largest scale correction (>= 1).
-      d_max: the largest shift correction, in running standard deviations (>= 0).
+      use_running_average: normalize with the running averages in
+        ``batch_stats`` instead of the batch's statistics (default ``None``: given at
+        call time).
+      axis: the feature axis or axes; the statistics are taken over all others
+        (default ``-1``).
+      momentum: the decay of the running averages (default ``0.99``).
+      epsilon: added to the variance inside the square root (default ``1e-5``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      bias_init: the initializer of ``bias`` (default zeros).
+      scale_init: the initializer of ``scale`` (default ones).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      force_float32_reductions: compute the statistics in at least float32
+        (default ``True``); ``False`` computes them in the input's dtype.
+      unbiased: normalize with the unbiased variance ``n/(n-1) * var`` (default
+        ``False``).
+      r_max: the largest scale correction, ``>= 1`` (default ``3.0``).
+      d_max: the largest shift correction, in running standard deviations,
+        ``>= 0`` (default ``5.0``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -325,13 +469,16 @@ class WeightNormDense(nn.Module):
     al.). Parameters: ``kernel`` (v), ``scale`` (g), ``bias``.
 
     Attributes:
-      features: number of output units.
-      use_bias: add a bias.
-      dtype: computation dtype (default: inferred from input and params).
-      param_dtype: parameter dtype.
-      precision: matmul precision.
-      kernel_init, bias_init, scale_init: initializers.
-      epsilon: added to the squared column norm.
+      features: the number of output units.
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        input and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      precision: the matmul's precision (default ``None``).
+      kernel_init: the initializer of ``kernel`` (default ``lecun_normal()``).
+      bias_init: the initializer of ``bias`` (default zeros).
+      scale_init: the initializer of ``scale`` (default ones).
+      epsilon: added to each column's squared norm (default ``1e-12``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -501,11 +648,31 @@ class _GRUBase(_RecurrentBase):
 
 
 class LNSimpleCell(_CellCall, _RecurrentBase, nn.RNNCellBase):
-    """LN-RNN cell (Eq. 4): ``h' = tanh(LN(W_h h + W_x x; scale) + bias)``.
+    """LN-RNN cell (the paper's equation 4): ``h' = tanh(LN(W_h h + W_x x; scale) + bias)``.
 
     A drop-in cell for ``flax.linen.RNN``/``Bidirectional``; ``layer_norm=False``
     gives the plain cell. Parameters: ``input_kernel``, ``recurrent_kernel``,
     ``bias`` and (with layer norm) ``scale``.
+
+    Attributes:
+      features: the number of hidden units H.
+      layer_norm: the layer-normalized cell; ``False`` gives the plain cell
+        (default ``True``).
+      norm_per_gate: no effect: the cell has one block of H (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: unused by this cell, which has no gate (default ``sigmoid``).
+      activation_fn: the output's nonlinearity (default ``tanh``).
+      kernel_init: the initializer of ``input_kernel`` (default ``lecun_normal()``).
+      recurrent_kernel_init: the initializer of ``recurrent_kernel`` (default
+        ``orthogonal()``).
+      bias_init: the initializer of the biases (default zeros); the gains start
+        at one.
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -518,13 +685,34 @@ class LNSimpleCell(_CellCall, _RecurrentBase, nn.RNNCellBase):
 
 
 class LNGRUCell(_CellCall, _GRUBase, nn.RNNCellBase):
-    """LN-GRU cell (Eqs. 26-28), a drop-in cell for ``flax.linen.RNN``.
+    """LN-GRU cell (equations 26-28), a drop-in cell for ``flax.linen.RNN``.
 
     See :class:`lnjax.recurrent.GRUSpec` for the equations. Parameters:
     ``input_kernel`` (in, 3H), ``recurrent_kernel`` (H, 3H), ``bias`` (3H),
     ``recurrent_bias`` (H), and with layer norm ``input_scale``,
     ``recurrent_scale`` (3H). ``norm_per_gate`` normalizes z, r and the
     candidate separately.
+
+    Attributes:
+      features: the number of hidden units H.
+      layer_norm: the layer-normalized cell; ``False`` gives the plain cell
+        (default ``True``).
+      norm_per_gate: normalize z, r and the candidate separately instead of
+        the gates (2H) and the candidate (H) (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: the gates' nonlinearity (default ``sigmoid``).
+      activation_fn: the candidate's nonlinearity (default ``tanh``).
+      kernel_init: the initializer of ``input_kernel`` (default ``lecun_normal()``).
+      recurrent_kernel_init: the initializer of ``recurrent_kernel`` (default
+        ``orthogonal()``).
+      bias_init: the initializer of the biases (default zeros); the gains start
+        at one.
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -538,7 +726,7 @@ class LNGRUCell(_CellCall, _GRUBase, nn.RNNCellBase):
 
 
 class LNLSTMCell(_CellCall, _LSTMBase, nn.RNNCellBase):
-    """LN-LSTM cell (Eqs. 20-22), a drop-in cell for ``flax.linen.RNN``.
+    """LN-LSTM cell (equations 20-22), a drop-in cell for ``flax.linen.RNN``.
 
     ``gates = LN(W_h h) + LN(W_x x) + b`` over the whole 4H vector (gate order
     i, f, g, o); ``c' = σ(f) c + σ(i) tanh(g)``; ``h' = σ(o) tanh(LN(c'))``;
@@ -549,6 +737,31 @@ class LNLSTMCell(_CellCall, _LSTMBase, nn.RNNCellBase):
     ``input_kernel`` (in, 4H), ``recurrent_kernel`` (H, 4H), ``bias`` (4H),
     and with layer norm ``input_scale``, ``recurrent_scale`` (4H),
     ``cell_scale``, ``cell_bias`` (H). Gains start at 1, biases at 0.
+
+    Attributes:
+      features: the number of hidden units H.
+      layer_norm: the layer-normalized cell; ``False`` gives the plain cell
+        (default ``True``).
+      norm_per_gate: normalize each gate's H summed inputs separately, as
+        TensorFlow's LayerNormBasicLSTMCell, instead of the whole 4H vector
+        (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: the gates' nonlinearity (default ``sigmoid``).
+      activation_fn: the nonlinearity of the candidate and the output (default
+        ``tanh``).
+      kernel_init: the initializer of ``input_kernel`` (default ``lecun_normal()``).
+      recurrent_kernel_init: the initializer of ``recurrent_kernel`` (default
+        ``orthogonal()``).
+      bias_init: the initializer of the biases (default zeros); the gains start
+        at one.
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
+      carry_normalized_cell: carry ``LN(c_t)`` instead of ``c_t``, as
+        TensorFlow Addons (default ``False``, the paper's).
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -562,6 +775,36 @@ class LNLSTMCell(_CellCall, _LSTMBase, nn.RNNCellBase):
 
 class LNSimpleRNN(_SequenceCall, _RecurrentBase):
     """An LN-RNN over a whole sequence; its parameters are :class:`LNSimpleCell`'s, under ``cell``.
+
+    Attributes:
+      features: the number of hidden units H.
+      layer_norm: the layer-normalized cell; ``False`` gives the plain cell
+        (default ``True``).
+      norm_per_gate: no effect: the cell has one block of H (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: unused by this cell, which has no gate (default ``sigmoid``).
+      activation_fn: the output's nonlinearity (default ``tanh``).
+      kernel_init: the initializer of ``input_kernel`` (default ``lecun_normal()``).
+      recurrent_kernel_init: the initializer of ``recurrent_kernel`` (default
+        ``orthogonal()``).
+      bias_init: the initializer of the biases (default zeros); the gains start
+        at one.
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
+      time_major: inputs and outputs are ``(time, *batch, features)`` instead of
+        ``(*batch, time, features)`` (default ``False``).
+      return_carry: return ``(carry, outputs)`` instead of the outputs (default
+        ``False``).
+      reverse: run from each sequence's last valid step to its first (default
+        ``False``).
+      keep_order: with ``reverse``, return the outputs in time order instead
+        of processing order (default ``False``, as ``flax.linen.RNN``).
+      unroll: the time steps unrolled in each iteration of the scan (default
+        ``1``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -577,6 +820,37 @@ class LNGRU(_SequenceCall, _GRUBase):
     """An LN-GRU over a whole sequence with the input path hoisted.
 
     Its parameters are exactly :class:`LNGRUCell`'s, under ``cell``.
+
+    Attributes:
+      features: the number of hidden units H.
+      layer_norm: the layer-normalized cell; ``False`` gives the plain cell
+        (default ``True``).
+      norm_per_gate: normalize z, r and the candidate separately instead of
+        the gates (2H) and the candidate (H) (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: the gates' nonlinearity (default ``sigmoid``).
+      activation_fn: the candidate's nonlinearity (default ``tanh``).
+      kernel_init: the initializer of ``input_kernel`` (default ``lecun_normal()``).
+      recurrent_kernel_init: the initializer of ``recurrent_kernel`` (default
+        ``orthogonal()``).
+      bias_init: the initializer of the biases (default zeros); the gains start
+        at one.
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
+      time_major: inputs and outputs are ``(time, *batch, features)`` instead of
+        ``(*batch, time, features)`` (default ``False``).
+      return_carry: return ``(carry, outputs)`` instead of the outputs (default
+        ``False``).
+      reverse: run from each sequence's last valid step to its first (default
+        ``False``).
+      keep_order: with ``reverse``, return the outputs in time order instead
+        of processing order (default ``False``, as ``flax.linen.RNN``).
+      unroll: the time steps unrolled in each iteration of the scan (default
+        ``1``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -597,6 +871,41 @@ class LNLSTM(_SequenceCall, _LSTMBase):
     ``flax.linen.RNN(LNLSTMCell(...))`` and ``LNLSTM(...)`` share one
     parameter tree and compute the same outputs; ``LNLSTM`` computes
     ``LN(W_x x_t) + b`` for all steps in one matmul before the scan.
+
+    Attributes:
+      features: the number of hidden units H.
+      layer_norm: the layer-normalized cell; ``False`` gives the plain cell
+        (default ``True``).
+      norm_per_gate: normalize each gate's H summed inputs separately, as
+        TensorFlow's LayerNormBasicLSTMCell, instead of the whole 4H vector
+        (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: the gates' nonlinearity (default ``sigmoid``).
+      activation_fn: the nonlinearity of the candidate and the output (default
+        ``tanh``).
+      kernel_init: the initializer of ``input_kernel`` (default ``lecun_normal()``).
+      recurrent_kernel_init: the initializer of ``recurrent_kernel`` (default
+        ``orthogonal()``).
+      bias_init: the initializer of the biases (default zeros); the gains start
+        at one.
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
+      carry_normalized_cell: carry ``LN(c_t)`` instead of ``c_t``, as
+        TensorFlow Addons (default ``False``, the paper's).
+      time_major: inputs and outputs are ``(time, *batch, features)`` instead of
+        ``(*batch, time, features)`` (default ``False``).
+      return_carry: return ``(carry, outputs)`` instead of the outputs (default
+        ``False``).
+      reverse: run from each sequence's last valid step to its first (default
+        ``False``).
+      keep_order: with ``reverse``, return the outputs in time order instead
+        of processing order (default ``False``, as ``flax.linen.RNN``).
+      unroll: the time steps unrolled in each iteration of the scan (default
+        ``1``).
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -65,6 +65,37 @@ class LayerNorm(nnx.LayerNorm):
     Beyond flax: ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks the
     row kernel of :mod:`lnjax.kernels`; it changes no parameter.
 
+    The constructor takes ``num_features`` and each option below as a
+    keyword, and, as flax's, ``bias_init`` and ``scale_init`` (default zeros
+    and ones), ``bias_metadata``, ``scale_metadata`` and ``rngs``.
+
+    Attributes:
+      num_features: the number of features (required).
+      scale: the learned gain, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_scale``).
+      bias: the learned bias, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_bias``).
+      epsilon: added to the variance inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      reduction_axes: the axes the statistics are computed over (default ``-1``).
+      feature_axes: the axes of ``scale`` and ``bias`` (default ``-1``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      promote_dtype: flax's function that casts the input and the parameters to
+        ``dtype`` (default flax's ``promote_dtype``).
+      implementation: the row kernel, ``None`` (the platform's default),
+        ``"xla"`` or ``"pallas"`` (see :mod:`lnjax.kernels`); it changes no
+        parameter (default ``None``).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
@@ -100,6 +131,33 @@ class RMSNorm(nnx.RMSNorm):
     Beyond flax: ``implementation`` (``None``, ``"xla"``, ``"pallas"``) picks the
     row kernel of :mod:`lnjax.kernels`; it changes no parameter.
 
+    The constructor takes ``num_features`` and each option below as a
+    keyword, and, as flax's, ``scale_init`` (default ones),
+    ``scale_metadata`` and ``rngs``.
+
+    Attributes:
+      num_features: the number of features (required).
+      scale: the learned gain, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_scale``).
+      epsilon: added to the mean square inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      reduction_axes: the axes the mean square is computed over (default ``-1``).
+      feature_axes: the axes of ``scale`` (default ``-1``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: kept for flax's signature; RMS norm takes no variance
+        (default ``False``).
+      promote_dtype: flax's function that casts the input and the parameters to
+        ``dtype`` (default flax's ``promote_dtype``).
+      implementation: the row kernel, ``None`` (the platform's default),
+        ``"xla"`` or ``"pallas"`` (see :mod:`lnjax.kernels`); it changes no
+        parameter (default ``None``).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
@@ -129,6 +187,40 @@ class RMSNorm(nnx.RMSNorm):
 class GroupNorm(nnx.GroupNorm):
     """Group normalization, a drop-in for ``flax.nnx.GroupNorm``.
 
+    The constructor takes ``num_features``, ``num_groups``, ``group_size``
+    and each other option below as a keyword, and, as flax's, ``bias_init``
+    and ``scale_init`` (default zeros and ones), ``bias_metadata``,
+    ``scale_metadata`` and ``rngs``.
+
+    Attributes:
+      num_features: the number of features (required).
+      num_groups: the number of groups of channels (default ``32``); ``None``
+        when ``group_size`` is given.
+      group_size: the number of channels in a group (default ``None``: computed
+        from ``num_groups``).
+      feature_axis: the channel axis, the last (``-1``).
+      scale: the learned gain, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_scale``).
+      bias: the learned bias, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_bias``).
+      epsilon: added to the variance inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      reduction_axes: the axes the statistics are computed over (default ``None``:
+        all but the first, the batch axis).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      promote_dtype: flax's function that casts the input and the parameters to
+        ``dtype`` (default flax's ``promote_dtype``).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
@@ -155,6 +247,34 @@ class GroupNorm(nnx.GroupNorm):
 
 class InstanceNorm(nnx.InstanceNorm):
     """Instance normalization, a drop-in for ``flax.nnx.InstanceNorm``.
+
+    The constructor takes ``num_features`` and each option below as a
+    keyword, and, as flax's, ``bias_init`` and ``scale_init`` (default zeros
+    and ones), ``bias_metadata``, ``scale_metadata`` and ``rngs``.
+
+    Attributes:
+      num_features: the number of features (required).
+      scale: the learned gain, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_scale``).
+      bias: the learned bias, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_bias``).
+      epsilon: added to the variance inside the square root (default ``1e-6``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      feature_axes: the axes of the features, each normalized on its own and
+        holding ``scale`` and ``bias`` (default ``-1``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      promote_dtype: flax's function that casts the input and the parameters to
+        ``dtype`` (default flax's ``promote_dtype``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -187,6 +307,42 @@ class BatchNorm(nnx.BatchNorm):
     With ``axis_name`` the statistics merge across devices, each weighted by
     the positions it counts. Beyond flax: ``unbiased=True`` normalizes with
     ``n/(n-1) * var``.
+
+    The constructor takes ``num_features`` and each option below as a
+    keyword, and, as flax's, ``bias_init`` and ``scale_init`` (default zeros
+    and ones), ``bias_metadata``, ``scale_metadata`` and ``rngs``.
+
+    Attributes:
+      num_features: the number of features (required).
+      scale: the learned gain, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_scale``).
+      bias: the learned bias, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_bias``).
+      mean: the running mean, an ``nnx.BatchStat`` of ``num_features`` (starts at 0).
+      var: the running variance, an ``nnx.BatchStat`` of ``num_features`` (starts
+        at 1).
+      use_running_average: normalize with ``mean`` and ``var`` instead of the
+        batch's statistics (default ``False``); the call's argument overrides it.
+      axis: the feature axis; the statistics are taken over all others (default
+        ``-1``).
+      momentum: the decay of the running averages (default ``0.99``).
+      epsilon: added to the variance inside the square root (default ``1e-5``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      promote_dtype: flax's function that casts the input and the parameters to
+        ``dtype`` (default flax's ``promote_dtype``).
+      unbiased: normalize with the unbiased variance ``n/(n-1) * var`` (default
+        ``False``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -243,6 +399,46 @@ class BatchReNorm(BatchNorm):
     :class:`lnjax.linen.BatchReNorm`: ``r_max`` and ``d_max`` as constructor
     keywords, overridable at call time (``layer(x, r_max=r, d_max=d)``).
 
+    The constructor takes ``num_features`` and each option below as a
+    keyword, and, as flax's, ``bias_init`` and ``scale_init`` (default zeros
+    and ones), ``bias_metadata``, ``scale_metadata`` and ``rngs``.
+
+    Attributes:
+      num_features: the number of features (required).
+      scale: the learned gain, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_scale``).
+      bias: the learned bias, an ``nnx.Param`` of ``num_features`` (None without
+        ``use_bias``).
+      mean: the running mean, an ``nnx.BatchStat`` of ``num_features`` (starts at 0).
+      var: the running variance, an ``nnx.BatchStat`` of ``num_features`` (starts
+        at 1).
+      use_running_average: normalize with ``mean`` and ``var`` instead of the
+        batch's statistics (default ``False``); the call's argument overrides it.
+      axis: the feature axis; the statistics are taken over all others (default
+        ``-1``).
+      momentum: the decay of the running averages (default ``0.99``).
+      epsilon: added to the variance inside the square root (default ``1e-5``).
+      dtype: the dtype of the result (default ``None``: inferred from the input
+        and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      use_bias: add the learned bias ``bias`` (default ``True``).
+      use_scale: multiply by the learned gain ``scale`` (default ``True``).
+      axis_name: a mapped axis name (``shard_map``, ``pmap``) over which the
+        statistics are merged across devices (default ``None``: each device's own).
+      axis_index_groups: groups of device indices within ``axis_name``, each
+        merged separately (default ``None``: all devices together).
+      use_fast_variance: ``True`` computes flax's one-pass ``E[x^2] - E[x]^2``
+        (fast, inexact far from zero) instead of lnjax's mean-shifted statistics
+        (default ``False``; flax's default is ``True``).
+      promote_dtype: flax's function that casts the input and the parameters to
+        ``dtype`` (default flax's ``promote_dtype``).
+      unbiased: normalize with the unbiased variance ``n/(n-1) * var`` (default
+        ``False``).
+      r_max: the largest scale correction, ``>= 1`` (default ``3.0``); the call's
+        ``r_max`` overrides it.
+      d_max: the largest shift correction, in running standard deviations,
+        ``>= 0`` (default ``5.0``); the call's ``d_max`` overrides it.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
@@ -281,6 +477,23 @@ class WeightNormLinear(nnx.Module):
     ``y = x @ (scale * v / ||v||) + bias`` with the kernel ``v`` of shape
     ``(in_features, out_features)`` normalized per output unit. Attributes
     ``kernel`` (v), ``scale`` (g) and ``bias`` are ``nnx.Param``.
+
+    The constructor also takes ``param_dtype`` (default ``jnp.float32``) and
+    ``rngs``.
+
+    Attributes:
+      in_features: the number of input features (required).
+      out_features: the number of output units (required).
+      kernel: ``v``, an ``nnx.Param`` of ``(in_features, out_features)``
+        (initialized by ``kernel_init``, default ``lecun_normal()``).
+      scale: ``g``, an ``nnx.Param`` of ``out_features`` (``scale_init``, default
+        ones).
+      bias: an ``nnx.Param`` of ``out_features`` (``bias_init``, default zeros), or
+        None with ``use_bias=False`` (default ``True``).
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        input and the parameters).
+      precision: the matmul's precision (default ``None``).
+      epsilon: added to each column's squared norm (default ``1e-12``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -373,9 +586,34 @@ class _Cell(_RecurrentBase, nnx.RNNCellBase):
 
 
 class LNSimpleCell(_Cell):
-    """LN-RNN cell (Eq. 4), a drop-in cell for ``flax.nnx.RNN``.
+    """LN-RNN cell (equation 4), a drop-in cell for ``flax.nnx.RNN``.
 
     Same equations, options and parameter names as :class:`lnjax.linen.LNSimpleCell`.
+
+    The constructor takes ``in_features``, ``hidden_features`` and the keywords
+    ``layer_norm`` (default ``True``), ``norm_per_gate`` (``False``),
+    ``epsilon`` (``1e-5``), ``gate_fn`` (``sigmoid``), ``activation_fn``
+    (``tanh``), ``kernel_init`` (``lecun_normal()``),
+    ``recurrent_kernel_init`` (``orthogonal()``), ``bias_init`` (zeros),
+    ``dtype``, ``param_dtype``, ``carry_init`` and ``rngs``, with the meanings
+    of :class:`lnjax.linen.LNSimpleCell`'s attributes.
+
+    Attributes:
+      in_features: the number of input features.
+      hidden_features: the number of hidden units H.
+      spec: the cell's options and equations, a :class:`~lnjax.recurrent.SimpleSpec`
+        (``layer_norm``, ``norm_per_gate``, ``epsilon``, ``gate_fn``,
+        ``activation_fn``).
+      input_kernel: ``W_x``, an ``nnx.Param`` of ``(in_features, H)``.
+      recurrent_kernel: ``W_h``, an ``nnx.Param`` of ``(H, H)``.
+      bias: ``b``, an ``nnx.Param`` of ``(H,)``.
+      scale: the layer norm's gain, an ``nnx.Param`` of ``(H,)`` (with
+        ``layer_norm``).
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
 
     Example:
       >>> import jax.numpy as jnp
@@ -388,9 +626,38 @@ class LNSimpleCell(_Cell):
 
 
 class LNGRUCell(_Cell):
-    """LN-GRU cell (Eqs. 26-28), a drop-in cell for ``flax.nnx.RNN``.
+    """LN-GRU cell (equations 26-28), a drop-in cell for ``flax.nnx.RNN``.
 
     Same equations, options and parameter names as :class:`lnjax.linen.LNGRUCell`.
+
+    The constructor takes ``in_features``, ``hidden_features`` and the keywords
+    ``layer_norm`` (default ``True``), ``norm_per_gate`` (``False``),
+    ``epsilon`` (``1e-5``), ``gate_fn`` (``sigmoid``), ``activation_fn``
+    (``tanh``), ``kernel_init`` (``lecun_normal()``),
+    ``recurrent_kernel_init`` (``orthogonal()``), ``bias_init`` (zeros),
+    ``dtype``, ``param_dtype``, ``carry_init`` and ``rngs``, with the meanings
+    of :class:`lnjax.linen.LNGRUCell`'s attributes.
+
+    Attributes:
+      in_features: the number of input features.
+      hidden_features: the number of hidden units H.
+      spec: the cell's options and equations, a :class:`~lnjax.recurrent.GRUSpec`
+        (``layer_norm``, ``norm_per_gate``, ``epsilon``, ``gate_fn``,
+        ``activation_fn``).
+      input_kernel: ``W_x``, an ``nnx.Param`` of ``(in_features, 3H)``.
+      recurrent_kernel: ``W_h``, an ``nnx.Param`` of ``(H, 3H)``.
+      bias: ``b``, an ``nnx.Param`` of ``(3H,)``.
+      recurrent_bias: the candidate's recurrent bias, an ``nnx.Param`` of
+        ``(H,)``.
+      input_scale: the input path's layer-norm gain, an ``nnx.Param`` of
+        ``(3H,)`` (with ``layer_norm``).
+      recurrent_scale: the recurrent path's layer-norm gain, an ``nnx.Param``
+        of ``(3H,)`` (with ``layer_norm``).
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
 
     Example:
       >>> import jax.numpy as jnp
@@ -405,9 +672,40 @@ class LNGRUCell(_Cell):
 
 
 class LNLSTMCell(_Cell):
-    """LN-LSTM cell (Eqs. 20-22), a drop-in cell for ``flax.nnx.RNN``.
+    """LN-LSTM cell (equations 20-22), a drop-in cell for ``flax.nnx.RNN``.
 
     Same equations, options and parameter names as :class:`lnjax.linen.LNLSTMCell`.
+
+    The constructor takes ``in_features``, ``hidden_features`` and the keywords
+    ``layer_norm`` (default ``True``), ``norm_per_gate`` (``False``),
+    ``epsilon`` (``1e-5``), ``gate_fn`` (``sigmoid``), ``activation_fn``
+    (``tanh``), ``carry_normalized_cell`` (``False``), ``kernel_init``
+    (``lecun_normal()``), ``recurrent_kernel_init`` (``orthogonal()``),
+    ``bias_init`` (zeros), ``dtype``, ``param_dtype``, ``carry_init`` and
+    ``rngs``, with the meanings of :class:`lnjax.linen.LNLSTMCell`'s attributes.
+
+    Attributes:
+      in_features: the number of input features.
+      hidden_features: the number of hidden units H.
+      spec: the cell's options and equations, a :class:`~lnjax.recurrent.LSTMSpec`
+        (``layer_norm``, ``norm_per_gate``, ``epsilon``, ``gate_fn``,
+        ``activation_fn``, ``carry_normalized_cell``).
+      input_kernel: ``W_x``, an ``nnx.Param`` of ``(in_features, 4H)``.
+      recurrent_kernel: ``W_h``, an ``nnx.Param`` of ``(H, 4H)``.
+      bias: ``b``, an ``nnx.Param`` of ``(4H,)``.
+      input_scale: the input path's layer-norm gain, an ``nnx.Param`` of
+        ``(4H,)`` (with ``layer_norm``).
+      recurrent_scale: the recurrent path's layer-norm gain, an ``nnx.Param``
+        of ``(4H,)`` (with ``layer_norm``).
+      cell_scale: the gain of ``LN(c_t)``, an ``nnx.Param`` of ``(H,)`` (with
+        ``layer_norm``).
+      cell_bias: the bias of ``LN(c_t)``, an ``nnx.Param`` of ``(H,)`` (with
+        ``layer_norm``).
+      dtype: the dtype of the computation (default ``None``: inferred from the
+        inputs and the parameters).
+      param_dtype: the dtype of the parameters (default ``jnp.float32``).
+      carry_init: the initializer of :meth:`initialize_carry`'s carry (default
+        zeros).
 
     Example:
       >>> import jax.numpy as jnp
@@ -456,6 +754,22 @@ class _Sequence(nnx.Module):
 class LNSimpleRNN(_Sequence):
     """An LN-RNN over a sequence; its state is :class:`LNSimpleCell`'s under ``cell``.
 
+    The constructor takes ``in_features``, ``hidden_features``, the options
+    below as keywords, and any keyword of :class:`LNSimpleCell`, passed on to it.
+
+    Attributes:
+      cell: the :class:`LNSimpleCell` that holds the parameters and the options.
+      time_major: inputs and outputs are ``(time, *batch, features)`` instead of
+        ``(*batch, time, features)`` (default ``False``).
+      return_carry: return ``(carry, outputs)`` instead of the outputs (default
+        ``False``).
+      reverse: run from each sequence's last valid step to its first (default
+        ``False``).
+      keep_order: with ``reverse``, return the outputs in time order instead
+        of processing order (default ``False``, as ``flax.nnx.RNN``).
+      unroll: the time steps unrolled in each iteration of the scan (default
+        ``1``).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
@@ -467,6 +781,22 @@ class LNSimpleRNN(_Sequence):
 
 class LNGRU(_Sequence):
     """An LN-GRU over a sequence, input path hoisted; state :class:`LNGRUCell`'s under ``cell``.
+
+    The constructor takes ``in_features``, ``hidden_features``, the options
+    below as keywords, and any keyword of :class:`LNGRUCell`, passed on to it.
+
+    Attributes:
+      cell: the :class:`LNGRUCell` that holds the parameters and the options.
+      time_major: inputs and outputs are ``(time, *batch, features)`` instead of
+        ``(*batch, time, features)`` (default ``False``).
+      return_carry: return ``(carry, outputs)`` instead of the outputs (default
+        ``False``).
+      reverse: run from each sequence's last valid step to its first (default
+        ``False``).
+      keep_order: with ``reverse``, return the outputs in time order instead
+        of processing order (default ``False``, as ``flax.nnx.RNN``).
+      unroll: the time steps unrolled in each iteration of the scan (default
+        ``1``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -481,6 +811,22 @@ class LNGRU(_Sequence):
 
 class LNLSTM(_Sequence):
     """An LN-LSTM over a sequence, input path hoisted; state :class:`LNLSTMCell`'s under ``cell``.
+
+    The constructor takes ``in_features``, ``hidden_features``, the options
+    below as keywords, and any keyword of :class:`LNLSTMCell`, passed on to it.
+
+    Attributes:
+      cell: the :class:`LNLSTMCell` that holds the parameters and the options.
+      time_major: inputs and outputs are ``(time, *batch, features)`` instead of
+        ``(*batch, time, features)`` (default ``False``).
+      return_carry: return ``(carry, outputs)`` instead of the outputs (default
+        ``False``).
+      reverse: run from each sequence's last valid step to its first (default
+        ``False``).
+      keep_order: with ``reverse``, return the outputs in time order instead
+        of processing order (default ``False``, as ``flax.nnx.RNN``).
+      unroll: the time steps unrolled in each iteration of the scan (default
+        ``1``).
 
     Example:
       >>> import jax.numpy as jnp

@@ -50,6 +50,9 @@ from jax.sharding import PartitionSpec as P
 
 from lnjax import steps
 
+__all__ = ["AXIS", "host_local", "host_shard", "make_mesh", "pad_for_devices", "replicate",
+           "shard", "train_epoch"]
+
 AXIS = "data"
 """The default name of the mesh axis the batch is split along (:func:`make_mesh`)."""
 

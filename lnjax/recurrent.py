@@ -118,7 +118,21 @@ def segment_layer_norm(v: Array, scale: Array | None, segments: tuple[int, ...],
 @dataclasses.dataclass(frozen=True)
 class CellSpec:
     """What every LN cell spec holds (the base of :class:`LSTMSpec`, :class:`GRUSpec`,
-    :class:`SimpleSpec`); ``gates`` is the number of H-blocks."""
+    :class:`SimpleSpec`); ``gates`` is the number of H-blocks.
+
+    Attributes:
+      features: the number of hidden units H (required).
+      layer_norm: the layer-normalized cell; ``False`` removes every layer norm
+        and gives the plain cell (default ``True``).
+      norm_per_gate: normalize each of the ``gates`` blocks of H summed inputs
+        separately instead of all of them together (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: the gates' nonlinearity (default ``jax.nn.sigmoid``).
+      activation_fn: the cell's other nonlinearity (default ``jnp.tanh``).
+      name: the name in error messages (default ``"cell"``; the modules pass
+        their class name).
+    """
 
     features: int
     layer_norm: bool = True
@@ -192,13 +206,25 @@ class CellSpec:
 
 @dataclasses.dataclass(frozen=True)
 class LSTMSpec(CellSpec):
-    """LN-LSTM (Eqs. 20-22). Carry ``(c, h)``.
+    """LN-LSTM (equations 20-22), carry ``(c, h)``.
 
     Attributes:
-      carry_normalized_cell: carry ``LN(c_t)`` instead of ``c_t`` (as
-        TensorFlow Addons' LayerNormLSTMCell); the paper carries ``c_t``.
+      features: the number of hidden units H (required).
+      layer_norm: the layer-normalized cell; ``False`` removes every layer norm
+        and gives the plain cell (default ``True``).
       norm_per_gate: normalize each gate's H summed inputs separately (as
-        TensorFlow's LayerNormBasicLSTMCell) instead of the whole 4H vector.
+        TensorFlow's LayerNormBasicLSTMCell) instead of the whole 4H vector (default
+        ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: the nonlinearity of the gates i, f, o (default ``jax.nn.sigmoid``).
+      activation_fn: the nonlinearity of the candidate g and of the output
+        (default ``jnp.tanh``).
+      name: the name in error messages (default ``"cell"``; the modules pass
+        their class name).
+      carry_normalized_cell: carry ``LN(c_t)`` instead of ``c_t`` (as
+        TensorFlow Addons' LayerNormLSTMCell; default ``False``: the paper carries
+        ``c_t``).
     """
 
     carry_normalized_cell: bool = False
@@ -229,11 +255,24 @@ class LSTMSpec(CellSpec):
 
 @dataclasses.dataclass(frozen=True)
 class GRUSpec(CellSpec):
-    """LN-GRU (Eqs. 26-28). Carry ``h``.
+    """LN-GRU (equations 26-28), carry ``h``.
 
     The kernels hold the gate part (z, r: 2H) and the candidate part (H) side
     by side; ``recurrent_bias`` is added to the candidate's recurrent path
     inside the reset gate.
+
+    Attributes:
+      features: the number of hidden units H (required).
+      layer_norm: the layer-normalized cell; ``False`` removes every layer norm
+        and gives the plain cell (default ``True``).
+      norm_per_gate: normalize z, r and the candidate separately instead of the
+        gates (2H) and the candidate (H) (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: the nonlinearity of the gates z, r (default ``jax.nn.sigmoid``).
+      activation_fn: the candidate's nonlinearity (default ``jnp.tanh``).
+      name: the name in error messages (default ``"cell"``; the modules pass
+        their class name).
     """
 
     gates = 3
@@ -261,10 +300,22 @@ class GRUSpec(CellSpec):
 
 @dataclasses.dataclass(frozen=True)
 class SimpleSpec(CellSpec):
-    """LN-RNN (Eq. 4): ``h_t = tanh(LN(W_h h + W_x x; a) + b)``. Carry ``h``.
+    """LN-RNN (equation 4): ``h_t = tanh(LN(W_h h + W_x x; a) + b)``, carry ``h``.
 
     The layer norm is over the sum of both paths, so only ``W_x x`` is
     hoisted; the bias is the layer norm's bias.
+
+    Attributes:
+      features: the number of hidden units H (required).
+      layer_norm: the layer-normalized cell; ``False`` removes every layer norm
+        and gives the plain cell (default ``True``).
+      norm_per_gate: no effect: the cell has one block of H (default ``False``).
+      epsilon: added to the variance inside the square root of every layer norm
+        (default ``1e-5``, as the authors' code).
+      gate_fn: unused: the cell has no gate (default ``jax.nn.sigmoid``).
+      activation_fn: the output's nonlinearity (default ``jnp.tanh``).
+      name: the name in error messages (default ``"cell"``; the modules pass
+        their class name).
     """
 
     def _norm_shapes(self):

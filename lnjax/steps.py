@@ -39,7 +39,12 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+__all__ = ["Batch", "TrainState", "all_finite", "check_epoch_shapes", "create_train_state",
+           "eval_step", "evaluate", "example_mask", "scan_epoch", "train_epoch", "train_step"]
+
 Batch = Mapping[str, jax.Array]
+"""A batch: ``{"x": inputs, "y": int labels}``, with an optional ``"weight"`` (1 for a real
+example, 0 for padding)."""
 
 
 class TrainState(train_state.TrainState):

@@ -42,7 +42,10 @@ class Experiment:
       figure: the figure's file name in ``--out``.
       columns: the summary table's ``(header, history key, format)`` columns
         (see :func:`common.summary_table`).
-      batch_sizes, epochs, lr, out: the defaults of those flags.
+      batch_sizes: the default of ``--batch-sizes``.
+      epochs: the default of ``--epochs``.
+      lr: the default of ``--lr``.
+      out: the default of ``--out``.
       train_examples: the default of ``--train-examples`` (``None``: all).
       add_flags: adds the experiment's own flags to the parser.
       run_flags: the destinations of those flags that ``run`` takes as keywords.

@@ -111,6 +111,7 @@ def format_table(table: dict[str, dict[str, float]], *, threshold: float = 1e-4)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m lnjax.experiments.invariance [--seed N]``: prints Table 1, measured."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -174,7 +174,10 @@ class PatchTransformer(nn.Module):
 
     Attributes:
       norm: one of :data:`NORMS`.
-      layers, width, heads, mlp_dim: the encoder's size.
+      layers: the number of encoder blocks.
+      width: the width of the token embeddings.
+      heads: the number of attention heads.
+      mlp_dim: the hidden width of each block's MLP.
       num_classes: the output width.
     """
 

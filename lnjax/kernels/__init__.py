@@ -24,14 +24,14 @@ The implementations, chosen per platform when the program is lowered
 (:func:`jax.lax.platform_dependent`, so one exported program carries the
 right one for each platform):
 
-=============  ============================  ===================================
-``implementation``  CPU                      GPU (cuda, rocm) and TPU
-=============  ============================  ===================================
-``"xla"``      :mod:`~lnjax.kernels.xla_cpu`  :mod:`~lnjax.kernels.xla` (plain
-               (tuned for XLA:CPU)            XLA: no barriers, no matmuls)
-``"pallas"``   :mod:`~lnjax.kernels.pallas`   :mod:`~lnjax.kernels.pallas`
-               in interpret mode              (Triton on GPU, Mosaic on TPU)
-=============  ============================  ===================================
+====================  ===============================  ==================================
+``implementation``    CPU                              GPU (cuda, rocm) and TPU
+====================  ===============================  ==================================
+``"xla"``             :mod:`~lnjax.kernels.xla_cpu`    :mod:`~lnjax.kernels.xla` (plain
+                      (tuned for XLA:CPU)              XLA: no barriers, no matmuls)
+``"pallas"``          :mod:`~lnjax.kernels.pallas`     :mod:`~lnjax.kernels.pallas`
+                      in interpret mode                (Triton on GPU, Mosaic on TPU)
+====================  ===============================  ==================================
 
 ``implementation=None`` takes :data:`DEFAULTS`, the platform's default. A
 platform's default becomes ``"pallas"`` only after a run on that hardware
@@ -50,13 +50,17 @@ from jax import lax
 
 from lnjax.kernels import pallas, xla, xla_cpu
 
+__all__ = ["DEFAULTS", "IMPLEMENTATIONS", "applies", "check_implementation", "kernel",
+           "row_norm"]
+
 Array = jax.Array
 
 IMPLEMENTATIONS = ("xla", "pallas")
 """The names ``implementation`` takes (besides ``None``, the platform's default)."""
 
 DEFAULTS = {"cpu": "xla", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
-"""The implementation ``implementation=None`` takes on each platform (others: ``"xla"``)."""
+"""The implementation that ``implementation=None`` takes on each platform; others take
+``"xla"``."""
 
 _PALLAS_BACKENDS = {"cpu": "interpret", "cuda": "triton", "rocm": "triton", "tpu": "mosaic"}
 

@@ -1,0 +1,238 @@
+"""The documentation site: ``make docs`` builds it with warnings as errors.
+
+One build (the same command as ``make docs``, into a temporary folder) is shared
+by the tests below. It checks that the site has a page per public module holding
+every name of the module's ``__all__``, that the Linen and NNX modules and the
+recurrent specs document each of their fields, that the notebooks' pages show
+what the notebooks printed and drew, and that the README's sections are guides.
+
+The build executes the notebooks of colabs/ unless docs/notebooks/ already holds
+them executed from the same inputs (see docs/generate.py): from a fresh clone it
+takes a few minutes on a 2-core CPU.
+"""
+
+import dataclasses
+import html
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sphinx")
+pytest.importorskip("myst_nb")
+pytest.importorskip("sphinx_book_theme")
+pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+BUILD_SECONDS = 900  # a stuck build fails instead of hanging the suite
+
+# Each public module and its page.
+PAGES = {
+    "lnjax": "api/lnjax.html",
+    "lnjax.normalization": "api/normalization.html",
+    "lnjax.linen": "api/linen.html",
+    "lnjax.nnx": "api/nnx.html",
+    "lnjax.recurrent": "api/recurrent.html",
+    "lnjax.kernels": "api/kernels.html",
+    "lnjax.training": "api/training.html",
+    "lnjax.steps": "api/steps.html",
+    "lnjax.parallel": "api/parallel.html",
+    "lnjax.checkpoint": "api/checkpoint.html",
+    "lnjax.data": "api/data.html",
+}
+EXPERIMENTS = ("driver", "common", "invariance", "pi_mnist", "seq_mnist", "convnet",
+               "transformer")
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "colabs").glob("*.ipynb"))
+
+
+@dataclasses.dataclass
+class Site:
+    out: Path
+    returncode: int
+    log: str
+    seconds: float
+
+    def page(self, path):
+        file = self.out / path
+        assert file.exists(), f"no page {path}"
+        return file.read_text()
+
+    def text(self, path):
+        """The page's text, without tags (so code reads as written, not highlighted)."""
+        return html.unescape(re.sub(r"<[^>]+>", "", self.page(path)))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("docs") / "html"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", str(DOCS),
+         str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=BUILD_SECONDS)
+    seconds = time.monotonic() - start
+    print(f"docs build: {seconds:.0f} s")
+    return Site(out, proc.returncode, proc.stdout + proc.stderr, seconds)
+
+
+def _anchor(qualname):
+    return f'id="{qualname}"'
+
+
+def test_the_build_succeeds_with_warnings_as_errors(site):
+    assert site.returncode == 0, site.log[-6000:]
+    assert "build succeeded" in site.log
+    problems = [line for line in site.log.splitlines() if "WARNING:" in line or "ERROR:" in line]
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("module", sorted(PAGES))
+def test_a_page_per_public_module_with_every_public_name(site, module):
+    page = site.page(PAGES[module])
+    mod = importlib.import_module(module)
+    assert mod.__all__, module
+    missing = [n for n in mod.__all__ if _anchor(f"{module}.{n}") not in page]
+    assert not missing, f"{PAGES[module]} lacks {missing}"
+
+
+def _public_names(mod):
+    """The functions and classes a module defines itself, without a leading underscore."""
+    return sorted(n for n, obj in vars(mod).items()
+                  if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+                  and obj.__module__ == mod.__name__)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_the_experiments_page_documents_each_experiment_module(site, name):
+    page = site.page("api/experiments.html")
+    module = f"lnjax.experiments.{name}"
+    mod = importlib.import_module(module)
+    assert _anchor(f"module-{module}") in page
+    names = _public_names(mod)
+    assert "main" in names or name == "common"
+    missing = [n for n in names if _anchor(f"{module}.{n}") not in page]
+    assert not missing, f"api/experiments.html lacks {missing} of {module}"
+
+
+def _linen_fields(cls):
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+
+
+def _nnx_instance(cls):
+    from flax import nnx
+
+    rngs = nnx.Rngs(0)
+    if cls.__name__ == "GroupNorm":
+        return cls(4, num_groups=2, rngs=rngs)
+    if cls.__name__.startswith("LN") or cls.__name__ == "WeightNormLinear":
+        return cls(3, 4, rngs=rngs)
+    return cls(4, rngs=rngs)
+
+
+def test_module_classes_document_each_field_in_attributes(site):
+    """Each Linen module's dataclass fields, each attribute an NNX module holds, and each
+    recurrent spec's fields have an entry of the class's Attributes section."""
+    from lnjax import linen, nnx, recurrent
+
+    missing = []
+    page = site.page("api/linen.html")
+    for name in linen.__all__:
+        missing += [f"lnjax.linen.{name}.{f}" for f in _linen_fields(getattr(linen, name))
+                    if _anchor(f"lnjax.linen.{name}.{f}") not in page]
+    page = site.page("api/nnx.html")
+    for name in nnx.__all__:
+        held = [k for k in vars(_nnx_instance(getattr(nnx, name))) if not k.startswith("_")]
+        assert held, name
+        missing += [f"lnjax.nnx.{name}.{k}" for k in held
+                    if _anchor(f"lnjax.nnx.{name}.{k}") not in page]
+    page = site.page("api/recurrent.html")
+    for name in ("CellSpec", "LSTMSpec", "GRUSpec", "SimpleSpec"):
+        fields = [f.name for f in dataclasses.fields(getattr(recurrent, name))]
+        missing += [f"lnjax.recurrent.{name}.{f}" for f in fields
+                    if _anchor(f"lnjax.recurrent.{name}.{f}") not in page]
+    assert not missing, f"undocumented fields: {missing}"
+
+
+def test_equations_in_docstrings_render_as_maths(site):
+    page = site.page("api/lnjax.html")
+    assert 'class="math' in page and "mathjax" in page.lower()
+    assert r"\mathrm{LN}(x)" in html.unescape(page)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_pages_show_their_outputs(site, name):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import conf  # docs/conf.py: the settings the build gave each notebook
+    finally:
+        sys.path.remove(str(DOCS))
+    page = site.page(f"notebooks/{name}.html")
+    assert 'class="cell_output' in page
+    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert any("_images/" in src for src in images), "no figure"
+    for src in images:
+        if not src.startswith(("http:", "https:", "data:")):
+            assert (site.out / "notebooks" / src).resolve().exists(), src
+    text = site.text(f"notebooks/{name}.html")
+    assert "Traceback (most recent call last)" not in text
+    # Something the notebook printed: a version line, or the benchmark's machine.
+    assert re.search(r"lnjax \d+\.\d+\.\d+|'cpu':", text), "no printed output"
+    # The settings cell the build inserted is hidden, a note names the settings, and the
+    # notebook's own cells are shown as written.
+    settings = conf.NOTEBOOK_SETTINGS[f"{name}.ipynb"]
+    if settings:
+        hidden = "\n".join(f"{key} = {value!r}" for key, value in settings.items())
+        assert hidden not in text
+        assert "The outputs on this page come from a run made when the documentation" in text
+        assert all(f"{key} = {value!r}" in text for key, value in settings.items())
+        assert "FULL = False" in text
+
+
+def _readme_sections():
+    text = (ROOT / "README.md").read_text()
+    titles, fence = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        elif not fence and line.startswith("## "):
+            titles.append(line[3:].strip())
+    return titles
+
+
+def test_the_readme_sections_are_guides(site):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(DOCS))
+    index = site.page("index.html")
+    titles = [t for t in _readme_sections() if t not in generate.SKIP_SECTIONS]
+    assert "Two commands" in titles and "Known limits" in titles
+    for title in titles:
+        path = f"guides/{generate.page_name(title)}.html"
+        assert html.escape(title, quote=False) in site.page(path), path
+        assert f'href="{path}"' in index, path
+    # README's images, its links between sections and to the notebooks work in the guides.
+    page = site.page("guides/two-commands.html")
+    assert re.search(r'<img[^>]+src="\.\./_images/pi_mnist_demo\.png"', page)
+    assert (site.out / "_images" / "pi_mnist_demo.png").exists()
+    assert 'href="speed.html#on-accelerators"' in site.page("guides/functional-api.html")
+    assert 'href="../notebooks/01_layer_norm.html"' in site.page("guides/notebooks.html")
+
+
+def test_the_landing_page(site):
+    index = site.page("index.html")
+    text = site.text("index.html")
+    assert "Exact layer normalization for JAX and Flax" in text  # README's introduction
+    assert "lnjax.layer_norm(x" in text  # the short example
+    for path in PAGES.values():
+        assert f'href="{path}"' in index, path
+    assert 'href="api/experiments.html"' in index
+    for name in NOTEBOOKS:
+        assert f'href="notebooks/{name}.html"' in index, name
