@@ -49,9 +49,11 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.scaling --out benchmarks/results
 	$(PY) -m benchmarks.training_loop
 
-## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py).
+## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py);
+## mypy over the package (its settings: pyproject.toml's [tool.mypy]).
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check lnjax tests benchmarks colabs
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
