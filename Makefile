@@ -49,9 +49,11 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.scaling --out benchmarks/results
 	$(PY) -m benchmarks.training_loop
 
-## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py).
+## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py);
+## mypy over the package (its settings: pyproject.toml's [tool.mypy]).
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check lnjax tests benchmarks colabs
+	$(PY) -m mypy
 
 ## docs: the documentation site in docs/_build/html (warnings are errors; runs the notebooks).
 docs: $(VENV)/.installed-dev

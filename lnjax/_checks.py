@@ -10,7 +10,7 @@ module is private to it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +103,12 @@ def broadcast_mask(mask: Any, shape: tuple[int, ...], *, fn: str) -> Array | Non
     return jnp.broadcast_to(mask.astype(bool), shape)
 
 
+@overload
+def feature_param(p: None, name: str, feature_shape: tuple[int, ...],
+                  target_shape: tuple[int, ...], *, fn: str) -> None: ...
+@overload
+def feature_param(p: jax.typing.ArrayLike, name: str, feature_shape: tuple[int, ...],
+                  target_shape: tuple[int, ...], *, fn: str) -> Array: ...
 def feature_param(p: Any, name: str, feature_shape: tuple[int, ...],
                   target_shape: tuple[int, ...], *, fn: str) -> Array | None:
     """``scale``/``bias`` checked against ``feature_shape``, reshaped to ``target_shape``.

@@ -113,7 +113,8 @@ def _contain_orbax_noise() -> None:
         if not _is_closed_loop_noise(unraisable):
             previous(unraisable)
 
-    hook._lnjax_filter = True
+    # setattr: to mypy a function is a Callable, which has no attributes to assign.
+    setattr(hook, "_lnjax_filter", True)  # noqa: B010
     sys.unraisablehook = hook
 
 
@@ -244,7 +245,7 @@ class Checkpointer:
         Raises:
           CheckpointError: checkpoints exist but none is intact.
         """
-        damaged = []
+        damaged: list[tuple[int, str]] = []
         for step in reversed(self.steps()):
             reason = self.verify(step)
             if reason is None:

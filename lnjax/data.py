@@ -59,6 +59,7 @@ import gzip
 import hashlib
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -340,8 +341,9 @@ def _identity(folder: Path, files: dict[Path, _IdxFile]) -> str:
     """``"<name> (verified by checksum)"`` when every file is one of ``name``'s, else
     ``"unknown IDX data in <folder>"``."""
     names = {_known_as(path, f) for path, f in files.items()}
-    if len(names) == 1 and None not in names:
-        return _verified(names.pop())
+    name = names.pop() if len(names) == 1 else None
+    if name is not None:
+        return _verified(name)
     return f"unknown IDX data in {folder}"
 
 
@@ -426,7 +428,9 @@ def _load_tfds(name: str, split: str, data_dir: str | os.PathLike | None,
         where = os.fspath(data_dir)
     else:  # TFDS's default, fixed when it was imported: $TFDS_DATA_DIR or ~/tensorflow_datasets
         try:
-            from tensorflow_datasets.core.constants import DATA_DIR as where
+            from tensorflow_datasets.core.constants import DATA_DIR
+
+            where = DATA_DIR
         except ImportError:
             where = "the default TFDS data_dir"
     import logging
@@ -486,11 +490,11 @@ def _make_dataset(images: np.ndarray, labels: np.ndarray, name: str, split: str,
 
 def _not_found_message(name: str, split: str, source: str, tried: list[str],
                        data_dir: str | os.PathLike | None) -> str:
-    head = f"load: no data found for {name!r} (split {split!r}, source={source!r})"
+    title = f"load: no data found for {name!r} (split {split!r}, source={source!r})"
     if data_dir is None:
-        head = [head + "."]
+        head = [title + "."]
     else:
-        head = [head + f" in data_dir={os.fspath(data_dir)}.",
+        head = [title + f" in data_dir={os.fspath(data_dir)}.",
                 "A data_dir given is the only place looked: not TFDS's default folder, "
                 "$LNJAX_DATA_DIR, ~/.cache/lnjax nor /usr/share/datasets."]
     lines = [
@@ -520,7 +524,7 @@ def _load(name: str, split: str, data_dir: str | os.PathLike | None, source: str
     part = "test" if split == "test" else "train"
     tried: list[str] = []
 
-    def from_folders(folders: list[Path | str]) -> Dataset | None:
+    def from_folders(folders: Sequence[Path | str]) -> Dataset | None:
         for folder in folders:
             if isinstance(folder, str):
                 tried.append(folder)

@@ -11,7 +11,7 @@ changes one import and old checkpoints still load. One default differs:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -103,7 +103,7 @@ class LayerNorm(nn.LayerNorm):
     implementation: str | None = None
 
     @nn.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x``; ``mask`` selects the positions the statistics count."""
         spec = NormSpec.layer(
             "LayerNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
@@ -158,7 +158,7 @@ class RMSNorm(nn.RMSNorm):
     implementation: str | None = None
 
     @nn.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """RMS-normalizes ``x``; ``mask`` selects the positions counted."""
         spec = NormSpec.layer(
             "RMSNorm", x, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
@@ -215,7 +215,7 @@ class GroupNorm(nn.GroupNorm):
     use_fast_variance: bool = False
 
     @nn.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Group-normalizes channels-last ``x``."""
         x = checks.as_inexact_array(x, fn="GroupNorm")
         channels = x.shape[-1]
@@ -228,7 +228,7 @@ class GroupNorm(nn.GroupNorm):
             if self.group_size <= 0 or channels % self.group_size:
                 raise ValueError(f"GroupNorm: group_size={self.group_size} does not divide the "
                                  f"{channels} channels of x of shape {x.shape}.")
-            num_groups = channels // self.group_size
+            num_groups: int | None = channels // self.group_size
         else:
             num_groups = self.num_groups
         spec = NormSpec.group(
@@ -282,7 +282,7 @@ class InstanceNorm(nn.InstanceNorm):
     use_fast_variance: bool = False
 
     @nn.compact
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Instance-normalizes ``x``."""
         spec = NormSpec.instance(
             "InstanceNorm", x, feature_axes=self.feature_axes, epsilon=self.epsilon,
@@ -348,8 +348,8 @@ class BatchNorm(nn.BatchNorm):
     unbiased: bool = False
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool | None = None, *,
-                 mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x`` with batch statistics or, if asked, the running averages."""
         return _batch_norm(self, x, use_running_average, mask)
 
@@ -448,8 +448,9 @@ class BatchReNorm(BatchNorm):
     d_max: float = 5.0
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool | None = None, *,
-                 mask: jax.Array | None = None, r_max: Any = None, d_max: Any = None):
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None, r_max: Any = None,
+                 d_max: Any = None) -> jax.Array:
         """Renormalizes ``x`` (training) or normalizes it with the running averages.
 
         ``r_max``/``d_max`` given here override the attributes (for ramps).
@@ -527,7 +528,7 @@ def _recurrent_params(mdl: nn.Module, spec: R.CellSpec, in_features: int) -> dic
             for name, (shape, init) in inits.items()}
 
 
-def _promote(mdl: nn.Module, params: dict, *arrays):
+def _promote(mdl: nn.Module, params: dict, *arrays: Any) -> tuple[dict, list[Any]]:
     """Cast parameters and arrays to one dtype, as flax's cells do."""
     names = list(params)
     out = dtypes.promote_dtype(*params.values(), *arrays, dtype=mdl.dtype)
@@ -564,8 +565,8 @@ class _RecurrentBase(nn.Module):
     param_dtype: Any = jnp.float32
     carry_init: Any = initializers.zeros
 
-    _spec_type = R.SimpleSpec
-    _spec_extra = ()  # option names passed on to the spec (a class attribute)
+    _spec_type: ClassVar[type[R.CellSpec]] = R.SimpleSpec
+    _spec_extra: ClassVar[tuple[str, ...]] = ()  # option names passed on to the spec
 
     @nn.nowrap
     def spec(self) -> R.CellSpec:

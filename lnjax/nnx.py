@@ -10,7 +10,7 @@ One default differs: ``use_fast_variance=False`` (exact statistics).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -107,11 +107,11 @@ class LayerNorm(nnx.LayerNorm):
     """
 
     def __init__(self, num_features: int, *, use_fast_variance: bool = False,
-                 implementation: str | None = None, **kwargs):
+                 implementation: str | None = None, **kwargs: Any):
         super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
         self.implementation = implementation
 
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x``; ``mask`` selects the positions the statistics count."""
         x = checks.as_inexact_array(x, fn="LayerNorm")
         x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
@@ -168,11 +168,11 @@ class RMSNorm(nnx.RMSNorm):
     """
 
     def __init__(self, num_features: int, *, use_fast_variance: bool = False,
-                 implementation: str | None = None, **kwargs):
+                 implementation: str | None = None, **kwargs: Any):
         super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
         self.implementation = implementation
 
-    def __call__(self, x, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """RMS-normalizes ``x``; ``mask`` selects the positions counted."""
         x = checks.as_inexact_array(x, fn="RMSNorm")
         x, scale = self.promote_dtype((x, _value(self.scale)), dtype=self.dtype)
@@ -229,10 +229,10 @@ class GroupNorm(nnx.GroupNorm):
       (2, 5, 4)
     """
 
-    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs: Any):
         super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
 
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Group-normalizes channels-last ``x``."""
         x = checks.as_inexact_array(x, fn="GroupNorm")
         x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
@@ -285,10 +285,10 @@ class InstanceNorm(nnx.InstanceNorm):
       [-1.0, 1.0]
     """
 
-    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs):
+    def __init__(self, num_features: int, *, use_fast_variance: bool = False, **kwargs: Any):
         super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
 
-    def __call__(self, x, *, mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Instance-normalizes ``x``."""
         x = checks.as_inexact_array(x, fn="InstanceNorm")
         x, scale, bias = self.promote_dtype((x, _value(self.scale), _value(self.bias)),
@@ -354,12 +354,12 @@ class BatchNorm(nnx.BatchNorm):
     """
 
     def __init__(self, num_features: int, *, use_fast_variance: bool = False,
-                 unbiased: bool = False, **kwargs):
+                 unbiased: bool = False, **kwargs: Any):
         super().__init__(num_features, use_fast_variance=use_fast_variance, **kwargs)
         self.unbiased = unbiased
 
-    def __call__(self, x, use_running_average: bool | None = None, *,
-                 mask: jax.Array | None = None):
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x`` with batch statistics or the running averages."""
         return self._normalize(x, use_running_average, mask, None)
 
@@ -451,13 +451,14 @@ class BatchReNorm(BatchNorm):
     """
 
     def __init__(self, num_features: int, *, r_max: float = 3.0, d_max: float = 5.0,
-                 **kwargs):
+                 **kwargs: Any):
         check_renorm_limits(r_max, d_max, fn="BatchReNorm")
         super().__init__(num_features, **kwargs)
         self.r_max, self.d_max = r_max, d_max
 
-    def __call__(self, x, use_running_average: bool | None = None, *,
-                 mask: jax.Array | None = None, r_max: Any = None, d_max: Any = None):
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None, r_max: Any = None,
+                 d_max: Any = None) -> jax.Array:
         """Renormalizes ``x`` (training) or normalizes it with the running averages."""
         r_max = self.r_max if r_max is None else r_max
         d_max = self.d_max if d_max is None else d_max
@@ -532,7 +533,7 @@ class WeightNormLinear(nnx.Module):
 class _RecurrentBase(nnx.Module):
     """Parameters, options and carry of an LN cell (shared by cell and sequence layer)."""
 
-    _spec_type = R.SimpleSpec
+    _spec_type: ClassVar[type[R.CellSpec]] = R.SimpleSpec
 
     def __init__(self, in_features: int, hidden_features: int, *, layer_norm: bool = True,
                  norm_per_gate: bool = False, epsilon: float = 1e-5,
@@ -540,7 +541,7 @@ class _RecurrentBase(nnx.Module):
                  kernel_init: Any = _DEFAULT_KERNEL_INIT,
                  recurrent_kernel_init: Any = _ORTHOGONAL, bias_init: Any = _ZEROS,
                  dtype: Any = None, param_dtype: Any = jnp.float32,
-                 carry_init: Any = _ZEROS, rngs: nnx.Rngs, **spec_extra):
+                 carry_init: Any = _ZEROS, rngs: nnx.Rngs, **spec_extra: Any):
         self.in_features, self.hidden_features = in_features, hidden_features
         self.spec = self._spec_type(
             features=hidden_features, layer_norm=layer_norm, norm_per_gate=norm_per_gate,
@@ -719,7 +720,7 @@ class LNLSTMCell(_Cell):
     _spec_type = R.LSTMSpec
 
     def __init__(self, in_features: int, hidden_features: int, *,
-                 carry_normalized_cell: bool = False, **kwargs):
+                 carry_normalized_cell: bool = False, **kwargs: Any):
         super().__init__(in_features, hidden_features,
                          carry_normalized_cell=carry_normalized_cell, **kwargs)
 
@@ -731,7 +732,7 @@ class _Sequence(nnx.Module):
 
     def __init__(self, in_features: int, hidden_features: int, *, time_major: bool = False,
                  return_carry: bool = False, reverse: bool = False, keep_order: bool = False,
-                 unroll: int = 1, **cell_kwargs):
+                 unroll: int = 1, **cell_kwargs: Any):
         self.cell = self._cell_type(in_features, hidden_features, **cell_kwargs)
         self.time_major, self.return_carry = time_major, return_carry
         self.reverse, self.keep_order, self.unroll = reverse, keep_order, unroll

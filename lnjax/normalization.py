@@ -94,7 +94,8 @@ class Moments(NamedTuple):
     shift: Array  # f32[...] centre the deviations are taken from (no gradient)
     mean: Array  # f32[...] mean of (x - shift); the mean of x is shift + mean
     var: Array  # f32[...] population variance (uncentred: mean of |x|**2); always real
-    count: Array  # f32[...] number of positions the statistics cover
+    # A public field that shadows tuple.count, which typeshed declares a method.
+    count: Array  # type: ignore[assignment]  # f32[...] number of positions the statistics cover
 
 
 def moments(x: Array, axes: tuple[int, ...], *, mask: Array | None = None,
@@ -401,6 +402,8 @@ class NormSpec:
         x = checks.as_inexact_array(x, fn=name, complex_ok=True)
         checks.check_epsilon(epsilon, fn=name)
         if feature_axes is None:
+            if reduction_axes is None:  # canonicalize_axes's own message for axis=None
+                raise TypeError(f"{name}: axis=None must be an int or a tuple of ints.")
             red = canonicalize_axes(x.ndim, reduction_axes, fn=name, shape=x.shape)
             feat = tuple(i for i in range(x.ndim) if i not in red)
         else:
@@ -513,14 +516,20 @@ class NormSpec:
             st = st._replace(var=st.var * st.count / jnp.maximum(st.count - 1, 1))
         return st
 
-    def feature_stats(self, st: Moments) -> tuple[Array, Array]:
-        """The mean and variance of ``st`` shaped like the feature axes (batch norm's)."""
+    def feature_stats(self, st: Moments | None) -> tuple[Array, Array]:
+        """The mean and variance of ``st`` shaped like the feature axes (batch norm's).
+
+        ``st`` is the moments :meth:`apply` returned, which a batch norm always forms.
+        """
+        if st is None:
+            raise ValueError(f"{self.name}: no statistics to reshape (apply formed none).")
         return ((st.shift + st.mean).reshape(self.feature_shape),
                 st.var.reshape(self.feature_shape))
 
     def _apply_groups(self, x, scale, bias, mask, out_dtype):
         """Group norm: the channels split into groups, each normalized over its own axes."""
         ndim, channels = len(self.shape), self.shape[-1]
+        assert self.num_groups is not None  # apply calls this for group norm only
         group_shape = self.shape[:-1] + (self.num_groups, channels // self.num_groups)
         # Reduce over the chosen axes and over the channels within each group.
         axes = tuple(a for a in self.reduction_axes if a != ndim - 1) + (ndim,)

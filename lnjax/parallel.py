@@ -200,7 +200,8 @@ def _global_array(tree: Any, mesh: jax.sharding.Mesh, *, axis: int) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def _epoch_fn(mesh: jax.sharding.Mesh, report: Callable | None, report_every: int):
+def _epoch_fn(mesh: jax.sharding.Mesh, report: Callable | None,
+              report_every: int) -> Callable[..., Any]:
     axis = mesh.axis_names[0]
 
     def total(tree):

@@ -198,6 +198,10 @@ class CellSpec:
                                    epsilon=self.epsilon)
         return z
 
+    def step(self, params: Params, carry: Any, xp: Array) -> tuple[Any, Array]:
+        """One time step from the hoisted input ``xp``: each cell's own equations."""
+        raise NotImplementedError
+
     def cell(self, params: Params, carry: Any, x: Array) -> tuple[Any, Array]:
         """One time step from the raw input ``x``."""
         self.check(params, x, carry)
@@ -445,7 +449,7 @@ def check_sequence_rank(name: str, xs: Array) -> None:
 
 def run_layer(spec: CellSpec, params: Params, xs: Array, *, initial_carry: Any,
               make_carry: Callable[[tuple[int, ...]], Any], defaults: Any,
-              seq_lengths: Array | None = None, **overrides) -> Any:
+              seq_lengths: Array | None = None, **overrides: Any) -> Any:
     """The sequence layers' call: resolve options, make a carry if none is given, run.
 
     Args:

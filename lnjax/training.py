@@ -158,7 +158,7 @@ def fit(state: TrainState, train: tuple[Any, Any], *, epochs: int, batch_size: i
             start = int(latest)
     parallel_epochs = mesh is not None and mesh.devices.size > 1
     steps_per_epoch = len(y) // batch_size
-    bar = None
+    bar: Any = None  # a tqdm bar (untyped) or None; report is passed on only with a bar
     if progress:
         from tqdm.auto import tqdm
 

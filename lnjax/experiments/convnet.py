@@ -75,6 +75,7 @@ Renormalization"; Hoffer, Hubara & Soudry (2017) for ghost batch norm.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -430,7 +431,7 @@ def _batch_list(text: str) -> list[int]:
     return [] if text.strip().lower() == "none" else common.comma_list(int)(text)
 
 
-def _add_flags(p) -> None:
+def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=common.comma_list(int), default=list(CHANNELS),
                    help=f"the conv blocks' widths (multiples of {GROUPS}, group norm's groups)")
     p.add_argument("--data-parallel", type=_batch_list, default=[32],
@@ -441,7 +442,7 @@ def _add_flags(p) -> None:
                         "(1 - momentum) * batch")
 
 
-def _check(p, args) -> None:
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 <= args.momentum < 1:
         p.error(f"--momentum must be in [0, 1), got {args.momentum}")
     if any(c < 1 or c % GROUPS for c in args.channels):

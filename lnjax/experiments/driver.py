@@ -118,7 +118,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, *,
                 f"available), got {args.devices}")
 
 
-def mesh(devices: int | None):
+def mesh(devices: int | None) -> jax.sharding.Mesh:
     """The data-parallel mesh of ``--devices`` (``None``: all devices); printed."""
     from lnjax import parallel
 
@@ -157,6 +157,7 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
     timer = common.Timer()
     devices = mesh(args.devices)
     splits, data_info = load_splits(args)
+    results: dict[str, Any]
     results = {"experiment": e.name, "dataset": data_info,
                "config": {k: v for k, v in vars(args).items() if k not in ("no_progress",)},
                "versions": common.versions(), "command": " ".join(sys.argv), "runs": {}}

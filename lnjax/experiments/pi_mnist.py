@@ -28,6 +28,7 @@ Reference: Ba, Kiros & Hinton (2016), section 6.7, Figure 6.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -152,7 +153,7 @@ def plot(results: dict, path: str) -> None:
 COLUMNS = common.columns(("epochs", "epoch", "d"))
 
 
-def _add_flags(p) -> None:
+def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=common.comma_list(int), default=[1000, 1000],
                    help="hidden layer widths (the paper: 1000,1000)")
     p.add_argument("--per-device-bn", action="store_true",

@@ -21,6 +21,7 @@ Reference: Ba, Kiros & Hinton (2016), sections 3.1 and 6 (Eqs. 20-22).
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import flax.linen as nn
@@ -116,11 +117,11 @@ def plot(results: dict, path: str) -> None:
 COLUMNS = common.columns(("steps", "steps", "d"))
 
 
-def _add_flags(p) -> None:
+def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=128, help="recurrent units")
 
 
-def _check(p, args) -> None:
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.hidden < 1:
         p.error(f"--hidden must be positive, got {args.hidden}")
 

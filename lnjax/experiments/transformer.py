@@ -60,6 +60,7 @@ et al. (2021, ViT); Ba, Kiros & Hinton (2016).
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -105,8 +106,10 @@ def residual(x: jnp.ndarray, sublayer: Callable, norm: Callable | None,
     (Xiong et al. 2020); ``"none"``: ``x + f(x)``.
     """
     if position == "post":
+        assert norm is not None, "residual: position 'post' needs a norm"
         return norm(x + sublayer(x))
     if position == "pre":
+        assert norm is not None, "residual: position 'pre' needs a norm"
         return x + sublayer(norm(x))
     if position == "none":
         return x + sublayer(x)
@@ -201,6 +204,7 @@ class PatchTransformer(nn.Module):
             x = EncoderBlock(self.norm, self.heads, self.mlp_dim, name=f"block_{i}")(x)
         position, norm_type = _position_and_norm(self.norm)
         if position == "pre":
+            assert norm_type is not None  # every pre-norm variant has a norm
             x = norm_type(name="final_norm")(x)
         return nn.Dense(self.num_classes, name="head")(x.mean(axis=1))
 
@@ -386,7 +390,7 @@ COLUMNS = common.columns(("steps", "steps", "d"))
 TRAIN_EXAMPLES = 12_800  # the default --train-examples: 100 steps an epoch at batch size 128
 
 
-def _add_flags(p) -> None:
+def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=4, help="encoder blocks")
     p.add_argument("--width", type=int, default=128, help="model width")
     p.add_argument("--heads", type=int, default=4, help="attention heads (dividing --width)")
@@ -395,7 +399,7 @@ def _add_flags(p) -> None:
                    help="steps of linear warm-up of the *_warmup methods")
 
 
-def _check(p, args) -> None:
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag in ("layers", "width", "heads", "mlp_dim", "warmup_steps"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")

@@ -150,7 +150,8 @@ def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: floa
                                   default=_branch(kernel("other", implementation), has, **kwargs))
 
 
-def _branch(fn: Callable[..., Array], has: tuple[bool, bool], **kwargs: Any):
+def _branch(fn: Callable[..., Array], has: tuple[bool, bool],
+            **kwargs: Any) -> Callable[..., Array]:
     """``fn`` called on the operands present; one function object per kernel, so that
     :func:`jax.lax.platform_dependent` joins the platforms that share a kernel."""
     return _branch_cached(fn, has, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))

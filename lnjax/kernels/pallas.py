@@ -168,7 +168,8 @@ def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: floa
     return _row_norm(x, scale, bias, cfg)
 
 
-def _config(x, scale, bias, *, epsilon, centered, stats_dtype, out_dtype, backend) -> _Config:
+def _config(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
+            centered: bool, stats_dtype: Any, out_dtype: Any, backend: str) -> _Config:
     """Checks the arguments (raising errors that name them) and returns the static config."""
     if backend not in _STYLE:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -255,9 +256,9 @@ def _row_statistics(x, valid, inv_h, epsilon, centered):
     return shift, mean, rstd, mask((d - mean) * rstd)
 
 
-def _triton_forward_kernel(x_ref, *refs, rows, width, block_r, block_h, epsilon, centered,
+def _triton_forward_kernel(x_ref, *in_refs, rows, width, block_r, block_h, epsilon, centered,
                            has_scale, has_bias, save_stats, stats_dtype):
-    refs = list(refs)
+    refs = list(in_refs)
     scale_ref = refs.pop(0) if has_scale else None
     bias_ref = refs.pop(0) if has_bias else None
     y_ref = refs.pop(0)
@@ -265,9 +266,9 @@ def _triton_forward_kernel(x_ref, *refs, rows, width, block_r, block_h, epsilon,
                                             pl.program_id(0) * block_r)
     x = pltriton.load(x_ref.at[r[:, None], c[None, :]], mask=mask, other=0).astype(stats_dtype)
     shift, mean, rstd, y = _row_statistics(x, mask, 1.0 / width, epsilon, centered)
-    if has_scale:
+    if scale_ref is not None:
         y = y * pltriton.load(scale_ref.at[c], mask=cmask, other=0)[None, :]
-    if has_bias:
+    if bias_ref is not None:
         y = y + pltriton.load(bias_ref.at[c], mask=cmask, other=0)[None, :]
     pltriton.store(y_ref.at[r[:, None], c[None, :]], y.astype(y_ref.dtype), mask=mask)
     if save_stats:
@@ -275,9 +276,9 @@ def _triton_forward_kernel(x_ref, *refs, rows, width, block_r, block_h, epsilon,
             pltriton.store(ref.at[r], v[:, 0], mask=rmask)
 
 
-def _triton_backward_kernel(x_ref, *refs, rows, width, block_r, block_h, blocks_per_program,
+def _triton_backward_kernel(x_ref, *in_refs, rows, width, block_r, block_h, blocks_per_program,
                             centered, has_scale, need_dscale, need_dbias, stats_dtype):
-    refs = list(refs)
+    refs = list(in_refs)
     scale_ref = refs.pop(0) if has_scale else None
     shift_ref, mean_ref, rstd_ref, dy_ref, dx_ref = refs[:5]
     ds_ref = refs[5] if need_dscale else None
@@ -285,8 +286,8 @@ def _triton_backward_kernel(x_ref, *refs, rows, width, block_r, block_h, blocks_
     pid = pl.program_id(0)
     c = jnp.arange(block_h)
     cmask = c < width
-    gain = (pltriton.load(scale_ref.at[c], mask=cmask, other=0)[None, :] if has_scale
-            else None)
+    gain = (pltriton.load(scale_ref.at[c], mask=cmask, other=0)[None, :]
+            if scale_ref is not None else None)
 
     def body(i, acc):
         start = (pid * blocks_per_program + i) * block_r
@@ -303,9 +304,9 @@ def _triton_backward_kernel(x_ref, *refs, rows, width, block_r, block_h, blocks_
 
     zeros = jnp.zeros((block_h,), stats_dtype)
     ds, db = lax.fori_loop(0, blocks_per_program, body, (zeros, zeros))
-    if need_dscale:
+    if ds_ref is not None:
         pltriton.store(ds_ref.at[pid, c], ds, mask=cmask)
-    if need_dbias:
+    if db_ref is not None:
         pltriton.store(db_ref.at[pid, c], db, mask=cmask)
 
 
@@ -338,17 +339,17 @@ def tpu_block_rows(rows: int, width: int) -> int:
     return rows if block_r >= rows else block_r
 
 
-def _mosaic_forward_kernel(x_ref, *refs, width, epsilon, centered, has_scale, has_bias,
+def _mosaic_forward_kernel(x_ref, *in_refs, width, epsilon, centered, has_scale, has_bias,
                            save_stats, stats_dtype):
-    refs = list(refs)
+    refs = list(in_refs)
     scale_ref = refs.pop(0) if has_scale else None
     bias_ref = refs.pop(0) if has_bias else None
     y_ref = refs.pop(0)
     x = x_ref[...].astype(stats_dtype)
     shift, mean, rstd, y = _row_statistics(x, None, 1.0 / width, epsilon, centered)
-    if has_scale:
+    if scale_ref is not None:
         y = y * scale_ref[...]
-    if has_bias:
+    if bias_ref is not None:
         y = y + bias_ref[...]
     y_ref[...] = y.astype(y_ref.dtype)
     if save_stats:
@@ -356,16 +357,16 @@ def _mosaic_forward_kernel(x_ref, *refs, width, epsilon, centered, has_scale, ha
             ref[...] = v
 
 
-def _mosaic_backward_kernel(x_ref, *refs, rows, width, block_r, centered, has_scale,
+def _mosaic_backward_kernel(x_ref, *in_refs, rows, width, block_r, centered, has_scale,
                             need_dscale, need_dbias, stats_dtype):
-    refs = list(refs)
+    refs = list(in_refs)
     scale_ref = refs.pop(0) if has_scale else None
     shift_ref, mean_ref, rstd_ref, dy_ref, dx_ref = refs[:5]
     ds_ref = refs[5] if need_dscale else None
     db_ref = refs[-1] if need_dbias else None
     x = x_ref[...].astype(stats_dtype)
     dy = dy_ref[...].astype(stats_dtype)
-    gain = scale_ref[...] if has_scale else None
+    gain = scale_ref[...] if scale_ref is not None else None
     dx, q = _dx_and_product(x, dy, gain, shift_ref[...], mean_ref[...], rstd_ref[...], None,
                             1.0 / width, centered)
     dx_ref[...] = dx.astype(dx_ref.dtype)
@@ -373,9 +374,9 @@ def _mosaic_backward_kernel(x_ref, *refs, rows, width, block_r, centered, has_sc
     # interpret mode) and must not reach the partial sums.
     row = pl.program_id(0) * block_r + lax.broadcasted_iota(jnp.int32, (block_r, 1), 0)
     valid = row < rows
-    if need_dscale:
+    if ds_ref is not None:
         ds_ref[...] = jnp.sum(jnp.where(valid, q, 0), axis=0, keepdims=True)
-    if need_dbias:
+    if db_ref is not None:
         db_ref[...] = jnp.sum(jnp.where(valid, dy, 0), axis=0, keepdims=True)
 
 
@@ -389,7 +390,7 @@ def _mosaic_params():
 
 def forward(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
             centered: bool, stats_dtype: Any, out_dtype: Any, backend: str,
-            save_stats: bool = False):
+            save_stats: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
     """The forward kernel alone (no custom derivative).
 
     Args:
@@ -409,7 +410,8 @@ def forward(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float
     return _forward(x, scale, bias, cfg, save_stats)
 
 
-def _forward(x, scale, bias, cfg: _Config, save_stats: bool):
+def _forward(x: Array, scale: Array | None, bias: Array | None, cfg: _Config,
+             save_stats: bool) -> Array | tuple[Array, tuple[Array, ...]]:
     rows, width = x.shape
     stats_dtype = cfg.stats_dtype
     params = [p for p in (scale, bias) if p is not None]
@@ -470,7 +472,9 @@ def backward(x: Array, scale: Array | None, shift: Array, mean: Array, rstd: Arr
     return _backward_kernels(x, scale, shift, mean, rstd, dy, cfg, need_dscale, need_dbias)
 
 
-def _backward_kernels(x, scale, shift, mean, rstd, dy, cfg: _Config, need_dscale, need_dbias):
+def _backward_kernels(x: Array, scale: Array | None, shift: Array, mean: Array, rstd: Array,
+                      dy: Array, cfg: _Config, need_dscale: bool,
+                      need_dbias: bool) -> tuple[Array, Array | None, Array | None]:
     rows, width = x.shape
     stats_dtype = cfg.stats_dtype
     params = [] if scale is None else [scale]
@@ -638,8 +642,9 @@ def _backward_jvp(cfg, need, primals, tangents):
 def _backward_reference(x, scale, shift, mean, rstd, dy, *, cfg, need):
     """The transpose of :func:`lnjax.kernels.xla.tangent`: the XLA twin of :func:`_backward`."""
     width = x.shape[1]
-    zeros = (jnp.zeros_like(x), jnp.zeros((width,), cfg.stats_dtype),
-             jnp.zeros((width,), cfg.stats_dtype))
+    zeros: tuple[Array | None, ...] = (
+        jnp.zeros_like(x), jnp.zeros((width,), cfg.stats_dtype),
+        jnp.zeros((width,), cfg.stats_dtype))
     has = (True, scale is not None and need[1], need[2])
     zeros = tuple(z if h else None for z, h in zip(zeros, has))
     _, vjp = jax.vjp(lambda tx, ts, tb: xla.tangent(

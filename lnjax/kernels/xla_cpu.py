@@ -56,6 +56,8 @@ so they stay for XLA:CPU.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -131,7 +133,7 @@ def tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *, centered, out_dty
     tbias = None if tbias is None else tbias.astype(x.dtype)
     split = x.size >= SPLIT_USES_FROM
     s, m, r = (per_use(v, 4, split) for v in (shift, mean, rstd))
-    g = (None,) * 4 if scale is None else per_use(scale, 4, split)
+    g: tuple[Array, ...] = () if scale is None else per_use(scale, 4, split)  # read with a scale
 
     def xhat(i):
         return ((x - s[i]) - m[i]) * r[i] if centered else x * r[i]
@@ -167,7 +169,7 @@ _row_norm = xla.custom_row_norm(forward, tangent, prevent_cse=True)
 
 
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
-             centered: bool, stats_dtype, out_dtype) -> Array:
+             centered: bool, stats_dtype: Any, out_dtype: Any) -> Array:
     """Layer norm (``centered``) or RMS norm of 2-D ``x`` over its last axis.
 
     The contract of :func:`lnjax.kernels.row_norm`.
