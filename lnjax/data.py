@@ -65,8 +65,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lnjax._optional import require
-
 __all__ = [
     "NAMES",
     "prepare",
@@ -815,6 +813,8 @@ def prepare(name: str, *, data_dir: str | os.PathLike | None = None) -> None:
       data_dir: the TFDS data directory (default: TFDS's own).
     """
     _check_choice(name, NAMES, fn="prepare", name="name")
+    from lnjax._optional import require  # here: importing this module needs no jax
+
     tfds = require("tensorflow_datasets", "lnjax.data.prepare (it also needs tensorflow "
                    "to download)")
     builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
