@@ -384,6 +384,23 @@ def curve(histories: Sequence[Mapping[str, Any]], key: str, *, x: str = "steps",
     return xs, factor * ys
 
 
+def running_mean(values: Sequence[float], window: int) -> list[float]:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start).
+
+    Example:
+      >>> running_mean([1.0, 3.0, 5.0, 7.0], 2)
+      [1.0, 2.0, 4.0, 6.0]
+    """
+    out, total, kept = [], 0.0, []
+    for v in values:
+        kept.append(v)
+        total += v
+        if len(kept) > window:
+            total -= kept.pop(0)
+        out.append(total / len(kept))
+    return out
+
+
 def band(ax: Any, xs: np.ndarray, ys: np.ndarray, **line: Any) -> list[float]:
     """Draws the mean over seeds of ``ys`` (``(seeds, points)``) against ``xs`` and, with
     several seeds, a shaded band from their minimum to their maximum; the x axis starts at

@@ -26,6 +26,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lnjax import linen as lnn
@@ -110,7 +111,8 @@ def plot(results: dict, path: str) -> None:
             hs = list(common.seed_histories(by[str(bs)]).values())
             color, style = STYLES.get(method, (None, "-"))
             kw = {"color": color, "linestyle": style, "label": LABELS.get(method, method)}
-            loss = common.curve(hs, "step_loss")
+            steps, losses = common.curve(hs, "step_loss")
+            loss = steps, np.asarray([common.running_mean(v, 5) for v in losses])
             err = common.curve(hs, "test_curve_error", factor=100)
             subset = subset or err is not None
             err = err or common.curve(hs, "test_error", factor=100)
@@ -119,7 +121,7 @@ def plot(results: dict, path: str) -> None:
         common.set_scale(left, drawn["left"])
         common.set_scale(right, drawn["right"])
         left.set(title=f"training loss, batch size {bs}", xlabel="training steps",
-                 ylabel="train NLL (nats)")
+                 ylabel="train NLL (nats, running mean of 5)")
         right.set(title=f"test error, batch size {bs}", xlabel="training steps",
                   ylabel="test error (%)")
         for ax in (left, right):

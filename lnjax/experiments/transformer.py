@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -331,17 +331,6 @@ def verdict(results: Mapping[str, Any], *, shortfall: float = SHORTFALL) -> list
     return lines
 
 
-def _running_mean(values: Sequence[float], window: int) -> list[float]:
-    out, total, kept = [], 0.0, []
-    for v in values:
-        kept.append(v)
-        total += v
-        if len(kept) > window:
-            total -= kept.pop(0)
-        out.append(total / len(kept))
-    return out
-
-
 def plot(results: dict, path: str) -> None:
     """Training loss and test error against training steps (one curve per method: color
     the normalization, solid with warm-up, dashed without; the mean over the seeds, with a
@@ -363,7 +352,7 @@ def plot(results: dict, path: str) -> None:
             kw = {"color": COLORS[norm], "linestyle": "-" if warm else "--",
                   "label": label(method)}
             steps, losses = common.curve(hs, "step_loss")
-            smooth = np.asarray([_running_mean(v, 5) for v in losses])
+            smooth = np.asarray([common.running_mean(v, 5) for v in losses])
             drawn["left"] += common.band(left, steps, smooth, **kw)
             err = common.curve(hs, "test_curve_error", factor=100)
             subset = subset or err is not None
