@@ -378,8 +378,9 @@ def plot(results: dict, path: str) -> None:
             right.annotate(f"{mean:.1f}", (x, max(final)), ha="center", va="bottom",
                            fontsize=8)
         right.set_xticks(range(len(norms)), [LABELS[n] for n in norms])
-        right.set(title=f"last test error (whole set), batch size {bs}",
-                  ylabel="test error (%)  (hatched: no warm-up)")
+        right.set_ylim(0, 1.15 * max([max(b[2]) for b in bars], default=1))
+        right.set(title=f"last test error, batch size {bs}", ylabel="test error (%), whole set",
+                  xlabel="hatched, left: no warm-up; plain, right: warm-up")
         right.grid(alpha=0.3, axis="y")
     common.legend_below(fig, axes)
     cfg = results.get("config", {})
