@@ -158,9 +158,13 @@ for batch_size in BATCH_SIZES:
 # %% [markdown]
 # ## Figure 6
 #
-# The paper's layout: training NLL (log scale) above test error, one column per batch
-# size, drawn by `lnjax.experiments.pi_mnist.plot(results, path)`, the function that
-# draws `figure6.png` for `python -m lnjax.experiments.pi_mnist`.
+# The paper's layout: training NLL above test error, one column per batch size, drawn
+# by `lnjax.experiments.pi_mnist.plot(results, path)`, the function that draws
+# `figure6.png` (and `figure6.pdf`) for `python -m lnjax.experiments.pi_mnist`. Here one
+# point per epoch (`fit`'s `train_loss` and `test_error`); the command line evaluates a
+# fixed test subset several times per epoch (`fit(..., curves=..., evals_per_epoch=...)`)
+# and draws those points. An axis turns logarithmic only when its values span more than
+# a decade.
 
 # %%
 figure = Path(tempfile.mkdtemp(prefix="lnjax-pi-mnist-")) / "figure6.png"

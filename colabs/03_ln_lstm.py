@@ -174,7 +174,8 @@ print("both networks start from the same kernels and bias:", same)
 # %% [markdown]
 # The training curves, drawn by `lnjax.experiments.seq_mnist.plot(results, path)`, the
 # function that draws `curves.png` for `python -m lnjax.experiments.seq_mnist`: the
-# training NLL of every step (log scale) and the test accuracy after each epoch.
+# training NLL against steps and the test error (%) after each epoch (the command line
+# draws it several times per epoch, on a fixed test subset).
 
 # %%
 results = {"dataset": data_info,

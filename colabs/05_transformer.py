@@ -243,8 +243,9 @@ for method in METHODS:
 # ## The figure and the verdict
 #
 # `transformer.plot(results, path)` draws the figure of the command line's `curves.png`:
-# the training loss against steps (color: the normalization; solid: warm-up; dashed:
-# none) and the last test error of each run. `transformer.verdict(results)` compares
+# the training loss and the test error (on a fixed subset of the test images, four times
+# per epoch) against steps (color: the normalization; solid: warm-up; dashed: none) and
+# the last test error of each run on the whole test set. `transformer.verdict(results)` compares
 # each normalization with and without warm-up: it *needs* warm-up when without it the
 # training loss is not finite or the run loses more than `transformer.SHORTFALL` (a
 # fifth) of what the run with warm-up gained in test error over guessing (90 %);

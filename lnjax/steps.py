@@ -291,30 +291,27 @@ def train_epoch(state: TrainState, xb: jax.Array, yb: jax.Array, *,
     return _train_epoch(state, xb, yb, report_every=max(1, int(report_every)), report=report)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def _evaluate(state, x, y, *, batch_size):
-    n = y.shape[0]
-    steps = -(-n // batch_size)
-    pad = steps * batch_size - n
-    w = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-    y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-    shape = (steps, batch_size)
+@jax.jit
+def _eval_sums(state, batch):
+    return eval_step(state, batch)
 
-    def body(total, batch):
-        m = eval_step(state, batch)
-        return jax.tree.map(jnp.add, total, m), None
 
-    zero = {"loss_sum": 0.0, "error_sum": 0.0, "count": 0.0}
-    batches = {"x": x.reshape(shape + x.shape[1:]), "y": y.reshape(shape),
-               "weight": w.reshape(shape)}
-    total, _ = jax.lax.scan(body, jax.tree.map(jnp.float32, zero), batches)
-    return {"loss": total["loss_sum"] / total["count"],
-            "error": total["error_sum"] / total["count"]}
+def _pad(a: Any, size: int) -> Any:
+    """``a`` with zeros appended along its first axis up to ``size`` rows."""
+    pad = size - np.shape(a)[0]
+    if not pad:
+        return a
+    zeros = np.zeros((pad,) + tuple(np.shape(a)[1:]), np.asarray(a[:1]).dtype)
+    return jnp.concatenate([jnp.asarray(a), zeros]) if isinstance(a, jax.Array) \
+        else np.concatenate([np.asarray(a), zeros])
 
 
 def evaluate(state: TrainState, x: Any, y: Any, *, batch_size: int = 1000) -> dict[str, float]:
     """Mean negative log-likelihood and error rate of the model on ``(x, y)``.
+
+    The batches run one by one through one compiled :func:`eval_step` (per
+    model and batch shape, so splits of any size share it), their sums added on
+    the device.
 
     Args:
       state: the :class:`TrainState` (batch norm uses its running statistics).
@@ -327,6 +324,17 @@ def evaluate(state: TrainState, x: Any, y: Any, *, batch_size: int = 1000) -> di
     if np.shape(y)[:1] != np.shape(x)[:1] or np.ndim(y) != 1 or np.shape(y)[0] == 0:
         raise ValueError(f"evaluate: x (n, ...) and y (n,) with n > 0; got x {np.shape(x)} "
                          f"and y {np.shape(y)}.")
-    bs = int(min(batch_size, np.shape(y)[0]))
-    out = _evaluate(state, jnp.asarray(x), jnp.asarray(y), batch_size=bs)
-    return {k: float(v) for k, v in out.items()}
+    n = np.shape(y)[0]
+    bs = int(min(batch_size, n))
+    # One compiled step per batch shape, whatever the split's size: a split of 5,000 and
+    # one of 10,000 (and a curve's subset) share it; the last batch is padded.
+    total: dict[str, Any] | None = None
+    for start in range(0, n, bs):
+        k = min(bs, n - start)
+        weight = (np.arange(bs) < k).astype(np.float32)
+        m = _eval_sums(state, {"x": _pad(x[start:start + k], bs),
+                               "y": _pad(y[start:start + k], bs), "weight": weight})
+        total = m if total is None else jax.tree.map(jnp.add, total, m)
+    assert total is not None  # n > 0 was checked above
+    return {"loss": float(total["loss_sum"] / total["count"]),
+            "error": float(total["error_sum"] / total["count"])}

@@ -51,8 +51,13 @@ def main(idx_folder: Path, work: Path) -> dict:
     _, resumed = lnjax.training.fit(new_state(), (ds.images, ds.labels), progress=False, **kw)
 
     errors = {}
+    def tensorboard():
+        lnjax.training.fit(new_state(), (ds.images, ds.labels), progress=False, epochs=1,
+                           batch_size=32, seed=0, tensorboard_dir=work / "tensorboard")
+
     for name, feature in (("pyplot", common.pyplot),
-                          ("prepare", lambda: lnjax.data.prepare("mnist"))):
+                          ("prepare", lambda: lnjax.data.prepare("mnist")),
+                          ("tensorboard", tensorboard)):
         try:
             feature()
             errors[name] = None
@@ -69,6 +74,7 @@ def main(idx_folder: Path, work: Path) -> dict:
         "resumed_loss": resumed["train_loss"],
         "checkpoints": sorted(p.name for p in (work / "checkpoints").iterdir()),
         "errors": errors,
+        "tensorboard_dir_made": (work / "tensorboard").exists(),
     }
 
 

@@ -50,7 +50,7 @@ def test_end_to_end_one_device_and_split_over_eight(mnist_dir, tmp_path, capsys)
                                            "test": N_TEST}
     for method in convnet.METHODS:
         for bs, devices in (("16", 1), ("32", 8)):
-            h = on_disk["runs"][method][bs]
+            h = on_disk["runs"][method][bs]["0"]
             if method == "batchnorm_sync" and devices == 1:
                 assert convnet.skipped(h)
                 continue
@@ -59,7 +59,8 @@ def test_end_to_end_one_device_and_split_over_eight(mnist_dir, tmp_path, capsys)
             assert np.isfinite(h["train_loss"] + h["test_loss"]).all(), (method, bs)
             assert h["train_loss"][-1] < h["train_loss"][0], (method, bs)
     # Ghost batch norm (per device, 4 examples) and synchronized (32) are different runs.
-    ghost, sync = on_disk["runs"]["batchnorm"]["32"], on_disk["runs"]["batchnorm_sync"]["32"]
+    ghost = on_disk["runs"]["batchnorm"]["32"]["0"]
+    sync = on_disk["runs"]["batchnorm_sync"]["32"]["0"]
     assert ghost["train_loss"] != sync["train_loss"] and ghost["test_loss"] != sync["test_loss"]
     assert (out / "convnet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
@@ -72,9 +73,10 @@ def test_end_to_end_one_device_and_split_over_eight(mnist_dir, tmp_path, capsys)
 def test_resumes_from_checkpoints(mnist_dir, tmp_path):
     base = data_flags(mnist_dir, tmp_path / "cnn") + TINY + [
         "--methods", "batchrenorm", "--batch-sizes", "16", "--data-parallel", "none"]
-    first = convnet.main(base + ["--epochs", "1"])["runs"]["batchrenorm"]["16"]
-    resumed = convnet.main(base + ["--epochs", "2"])["runs"]["batchrenorm"]["16"]
+    first = convnet.main(base + ["--epochs", "1"])["runs"]["batchrenorm"]["16"]["0"]
+    resumed = convnet.main(base + ["--epochs", "2"])["runs"]["batchrenorm"]["16"]["0"]
     fresh = convnet.main(base + ["--epochs", "2", "--no-resume"])["runs"]["batchrenorm"]["16"]
+    fresh = fresh["0"]
     assert resumed["test_error"][:1] == first["test_error"]
     assert resumed["step_loss"] == fresh["step_loss"]  # the renorm step counter resumed too
     assert resumed["test_loss"] == fresh["test_loss"]

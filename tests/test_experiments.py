@@ -48,12 +48,12 @@ def test_pi_mnist_end_to_end(mnist_dir, tmp_path, capsys):
     assert "jax" in on_disk["versions"] and "lnjax" in on_disk["versions"]
     for method in pi_mnist.METHODS:
         for bs in ("16", "4"):
-            h = on_disk["runs"][method][bs]
+            h = on_disk["runs"][method][bs]["0"]
             assert h["epoch"] == [1, 2]
             assert len(h["test_error"]) == len(h["validation_error"]) == 2
             assert h["train_loss"][-1] < h["train_loss"][0], (method, bs)
             assert h["seconds"][-1] > 0
-    assert results["runs"]["layernorm"]["4"]["test_error"][-1] < 0.5
+    assert results["runs"]["layernorm"]["4"]["0"]["test_error"][-1] < 0.5
     assert is_png(out / "figure6.png")
     assert (out / "summary.md").read_text().startswith("| method | batch size |")
 
@@ -62,9 +62,9 @@ def test_pi_mnist_resumes_from_checkpoints(mnist_dir, tmp_path):
     out = tmp_path / "pi"
     base = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--hidden", "16,16",
             "--methods", "layernorm", "--batch-sizes", "8", "--out", str(out), "--no-progress"]
-    first = pi_mnist.main(base + ["--epochs", "1"])["runs"]["layernorm"]["8"]
-    resumed = pi_mnist.main(base + ["--epochs", "2"])["runs"]["layernorm"]["8"]
-    fresh = pi_mnist.main(base + ["--epochs", "2", "--no-resume"])["runs"]["layernorm"]["8"]
+    first = pi_mnist.main(base + ["--epochs", "1"])["runs"]["layernorm"]["8"]["0"]
+    resumed = pi_mnist.main(base + ["--epochs", "2"])["runs"]["layernorm"]["8"]["0"]
+    fresh = pi_mnist.main(base + ["--epochs", "2", "--no-resume"])["runs"]["layernorm"]["8"]["0"]
     assert resumed["test_error"][:1] == first["test_error"]
     assert resumed["step_loss"] == fresh["step_loss"]
     assert resumed["test_loss"] == fresh["test_loss"]
@@ -78,7 +78,7 @@ def test_seq_mnist_end_to_end(mnist_dir, tmp_path, capsys):
     assert "| ln_lstm | 16 |" in capsys.readouterr().out
     on_disk = read_results(out)
     for method in seq_mnist.METHODS:
-        h = on_disk["runs"][method]["16"]
+        h = on_disk["runs"][method]["16"]["0"]
         assert h["steps"] == [6, 12, 18]
         assert np.isfinite(h["train_loss"]).all()
         assert h["train_loss"][-1] < h["train_loss"][0], method
@@ -159,6 +159,9 @@ def test_mlp_masks_padding_out_of_batch_norm_for_image_inputs():
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--batch-sizes", "a,b"], "invalid"),
+    (["--seeds", "0"], "--seeds must be positive"),
+    (["--eval-examples", "0"], "--eval-examples must be positive"),
+    (["--evals-per-epoch", "0"], "--evals-per-epoch must be positive"),
 ])
 def test_bad_flags_are_clear_errors(module, argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -171,7 +174,8 @@ def test_help_lists_the_flags(capsys):
         pi_mnist.main(["--help"])
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-dir", "--methods", "--batch-sizes", "--epochs", "--lr",
-                 "--seed", "--out"):
+                 "--seed", "--out", "--seeds", "--eval-examples", "--evals-per-epoch",
+                 "--tensorboard"):
         assert flag in text
 
 
@@ -218,3 +222,98 @@ def test_table1_normalized_summed_inputs_rejects_unknown_method():
 def test_table1_formatting_reports_agreement():
     text = invariance.format_table(invariance.invariance_table(seed=1))
     assert "18 of 18 cells agree" in text
+
+
+# ------------------------------------------------------- seeds, curves, figures
+
+
+def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist_dir, tmp_path,
+                                                                      monkeypatch):
+    """--seeds 2: both seeds' histories in results.json, evaluated on one fixed subset for
+    the curves; the table's cells read mean ± std; the figure is written as PNG and PDF;
+    --tensorboard writes one folder of event files per run."""
+    from lnjax import training
+
+    subsets = []
+    real = training.fit
+
+    def recording_fit(*args, curves=None, **kwargs):
+        subsets.append({k: np.asarray(y).copy() for k, (_, y) in curves.items()})
+        return real(*args, curves=curves, **kwargs)
+
+    monkeypatch.setattr(training, "fit", recording_fit)
+    out = tmp_path / "pi"
+    pi_mnist.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--hidden", "8",
+                   "--methods", "layernorm,batchnorm", "--batch-sizes", "16", "--epochs", "2",
+                   "--seeds", "2", "--seed", "5", "--eval-examples", "32",
+                   "--evals-per-epoch", "3", "--out", str(out), "--no-progress",
+                   "--tensorboard"])
+    on_disk = read_results(out)
+    assert on_disk["config"]["seeds"] == 2
+    for method in ("layernorm", "batchnorm"):
+        runs = on_disk["runs"][method]["16"]
+        assert sorted(runs) == ["5", "6"]
+        assert runs["5"]["step_loss"] != runs["6"]["step_loss"]
+        for h in runs.values():
+            assert h["eval_steps"] == [2, 4, 6, 8, 10, 12]  # 6 steps an epoch, 3 points each
+            assert len(h["test_curve_error"]) == len(h["validation_curve_error"]) == 6
+            assert len(h["test_error"]) == 2  # the whole split, each epoch
+    # One subset of 32 examples of each split, the same for every method and seed.
+    assert len(subsets) == 4
+    for s in subsets:
+        assert len(s["test"]) == len(s["validation"]) == 32
+        np.testing.assert_array_equal(s["test"], subsets[0]["test"])
+        np.testing.assert_array_equal(s["validation"], subsets[0]["validation"])
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("| method | batch size | seeds | train NLL |")
+    row = next(line for line in summary.splitlines() if line.startswith("| layernorm | 16 |"))
+    errors = [100 * h["test_error"][-1] for h in on_disk["runs"]["layernorm"]["16"].values()]
+    cells = row.split(" | ")
+    assert cells[2] == "2"
+    assert f"{np.mean(errors):.2f} ± {np.std(errors, ddof=1):.2f}" in cells
+    assert "mean ± standard deviation over 2 seeds (5, 6)" in summary
+    assert is_png(out / "figure6.png")
+    assert (out / "figure6.pdf").read_bytes()[:5] == b"%PDF-"
+    logs = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert len(logs) == 4 and all("-bs16-seed" in name for name in logs)
+
+
+def test_eval_subset_is_fixed_and_drawn_from_the_whole_split():
+    ds = data.Dataset(np.arange(500.0)[:, None], np.arange(500), "toy", "test", "memory")
+    a, b = common.eval_subset(ds, 50), common.eval_subset(ds, 50)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert len(set(a.labels.tolist())) == 50 and a.labels.max() > 100  # not the first 50
+    np.testing.assert_array_equal(a.images[:, 0], a.labels)  # images and labels together
+    assert common.eval_subset(ds, None) is ds and common.eval_subset(ds, 500) is ds
+
+
+def test_figures_and_tables_read_histories_of_one_seed_without_curves(tmp_path):
+    """A results.json from before --seeds (a history per method and batch size, one point
+    per epoch), as the notebooks build: the figures fall back to the per-epoch values."""
+    def history(err):
+        return {"epoch": [1, 2], "steps": [10, 20], "train_loss": [0.9, 0.5],
+                "test_error": [err, err / 2], "validation_error": [err, err / 2],
+                "seconds": [1.0, 2.0], "step_loss": [[1, 2.3], [10, 0.9], [20, 0.5]]}
+
+    results = {"dataset": {"name": "mnist", "sizes": {"test": 64}}, "config": {},
+               "runs": {m: {"16": history(0.3), "4": history(0.2)} for m in pi_mnist.METHODS}}
+    for module, name in ((pi_mnist, "figure6.png"), (seq_mnist, "curves.png")):
+        module.plot(results, str(tmp_path / name))
+        assert is_png(tmp_path / name)
+        assert (tmp_path / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    table = common.summary_table(results["runs"], columns=pi_mnist.COLUMNS)
+    assert table.startswith("| method | batch size | train NLL |")
+    assert "| layernorm | 4 | 0.5000 | 10.00 | 10.00 | 2 | 2 |" in table
+
+
+def test_axis_scale_is_linear_for_a_narrow_range_and_plain_on_a_log_one():
+    plt = common.pyplot()
+    fig, ax = plt.subplots()
+    assert common.set_scale(ax, [0.31, 0.9, 2.3]) == "linear"
+    assert ax.get_yscale() == "linear"
+    assert common.set_scale(ax, [0.02, 0.9, 2.3]) == "log"
+    assert ax.get_yscale() == "log"
+    fmt = ax.yaxis.get_major_formatter()
+    assert [fmt(v, 0) for v in (0.02, 0.5, 1.0, 2.0)] == ["0.02", "0.5", "1", "2"]
+    assert common.set_scale(ax, [-0.1, 5.0]) == "linear"  # not all positive
+    plt.close(fig)

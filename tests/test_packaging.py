@@ -217,7 +217,8 @@ def test_a_plain_install_imports_trains_and_checkpoints(plain_python, plain_run)
 
 def test_a_plain_install_names_the_extra_a_feature_needs(plain_python, plain_run, tmp_path):
     report, _ = plain_run
-    for name, extra in (("pyplot", "plots"), ("prepare", "data")):
+    assert not report["tensorboard_dir_made"]  # refused before anything was written
+    for name, extra in (("pyplot", "plots"), ("prepare", "data"), ("tensorboard", "tensorboard")):
         kind, message = report["errors"][name]
         assert kind == "MissingExtraError"
         assert "\n" not in message and message.endswith(f'pip install "lnjax[{extra}]"'), message

@@ -292,3 +292,132 @@ def test_an_eval_of_the_training_split_under_another_name_is_recorded_apart():
     assert len(history["train_loss"]) == len(history["train_eval_loss"]) == 2
     # Inference mode after the epoch versus the mean over the epoch's steps: not the same.
     assert history["train_eval_loss"] != history["train_loss"]
+
+
+# ------------------------------------------------ curves within epochs, TensorBoard
+
+
+def test_fit_evaluates_curves_at_the_chunk_ends_of_every_epoch():
+    """12 steps an epoch, 4 evaluations: after steps 3, 6, 9, 12 of each epoch; the last of
+    an epoch is its end, so a curve of the evaluated split itself meets the epoch's value."""
+    kw = dict(epochs=2, batch_size=8, seed=2, evals={"validation": (XV, YV)}, progress=False)
+    _, h = training.fit(new_state(), (X, Y), curves={"validation": (XV, YV)},
+                        evals_per_epoch=4, **kw)
+    assert h["eval_steps"] == [3, 6, 9, 12, 15, 18, 21, 24]
+    for key in ("eval_seconds", "train_curve_loss", "train_curve_error",
+                "validation_curve_loss", "validation_curve_error"):
+        assert len(h[key]) == 8, key
+    assert h["validation_curve_error"][3::4] == h["validation_error"]
+    assert h["validation_curve_loss"][3::4] == h["validation_loss"]
+    # Equal chunks: the epoch's mean training loss is the mean of its chunks' means.
+    np.testing.assert_allclose(np.mean(np.reshape(h["train_curve_loss"], (2, 4)), axis=1),
+                               h["train_loss"], rtol=1e-6)
+    assert h["eval_seconds"] == sorted(h["eval_seconds"]) and h["eval_seconds"][-1] > 0
+    assert h["eval_seconds"][3::4] <= h["seconds"]
+    # The same steps as one scan per epoch, whose history has no curve keys.
+    _, whole = training.fit(new_state(), (X, Y), **kw)
+    assert "eval_steps" not in whole and "validation_curve_error" not in whole
+    np.testing.assert_allclose(np.asarray(h["step_loss"]), np.asarray(whole["step_loss"]),
+                               rtol=1e-5, atol=1e-6)
+    assert h["validation_error"] == whole["validation_error"]
+
+
+def test_fit_chunks_an_epoch_that_does_not_divide_evenly():
+    _, h = training.fit(new_state(), (X, Y), epochs=1, batch_size=8, seed=0, progress=False,
+                        curves={"test": (XV, YV)}, evals_per_epoch=5)
+    assert h["eval_steps"] == [2, 5, 7, 10, 12]
+    _, h = training.fit(new_state(), (X, Y), epochs=1, batch_size=32, seed=0, progress=False,
+                        curves={"test": (XV, YV)}, evals_per_epoch=10)
+    assert h["eval_steps"] == [1, 2, 3]  # at most once per step
+    assert len(h["test_curve_error"]) == 3
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(evals_per_epoch=0, curves={"test": (XV, YV)}), ValueError,
+     "evals_per_epoch must be a positive int, got 0"),
+    (dict(evals_per_epoch=2.0, curves={"test": (XV, YV)}), ValueError,
+     "evals_per_epoch must be a positive int, got 2.0"),
+    (dict(evals_per_epoch=2), ValueError, "no curves were given"),
+    (dict(curves={"train": (XV, YV)}), ValueError,
+     "curves name 'train' would be recorded as train_curve_loss and train_curve_error"),
+    (dict(evals={"a_curve": (XV, YV)}, curves={"a": (XV, YV)}), ValueError,
+     "curves name 'a' would be recorded as a_curve_loss, which evals name 'a_curve' records"),
+    (dict(curves={2: (XV, YV)}), TypeError, "curves names must be strings"),
+])
+def test_fit_refuses_bad_curves(kwargs, error, message, tmp_path):
+    with pytest.raises(error, match=message):
+        training.fit(new_state(), (X, Y), epochs=1, batch_size=8, seed=0, progress=False,
+                     checkpoint_dir=tmp_path / "ckpt", **kwargs)
+    assert not (tmp_path / "ckpt").exists()  # refused before anything
+
+
+def test_resumed_run_with_curves_equals_uninterrupted_run(tmp_path):
+    kw = dict(batch_size=8, seed=1, evals={"validation": (XV, YV)}, progress=False,
+              curves={"validation": (XV[:20], YV[:20])}, evals_per_epoch=3)
+    full_state, full = training.fit(new_state(), (X, Y), epochs=3, **kw)
+    training.fit(new_state(), (X, Y), epochs=1, checkpoint_dir=tmp_path, **kw)
+    resumed_state, resumed = training.fit(new_state(), (X, Y), epochs=3,
+                                          checkpoint_dir=tmp_path, **kw)
+    assert resumed["eval_steps"] == full["eval_steps"] == [4, 8, 12, 16, 20, 24, 28, 32, 36]
+    for key in ("step_loss", "train_loss", "validation_error", "train_curve_loss",
+                "validation_curve_loss", "validation_curve_error"):
+        assert resumed[key] == full[key], key
+    assert_trees_equal(resumed_state.params, full_state.params)
+
+
+def read_events(folder):
+    """``{tag: [(step, value), ...]}`` of the scalars in the TensorBoard event files in
+    ``folder``: TFRecords (length, its CRC, the serialized ``Event``, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    files = sorted(p for p in folder.iterdir() if p.name.startswith("events.out.tfevents"))
+    assert files
+    for path in files:
+        raw = path.read_bytes()
+        at = 0
+        while at < len(raw):
+            (length,) = struct.unpack("<Q", raw[at:at + 8])
+            event = event_pb2.Event.FromString(raw[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for v in event.summary.value:
+                scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return scalars
+
+
+def test_tensorboard_events_hold_the_history(tmp_path):
+    """The event files fit writes, read back, are its history (as float32)."""
+    _, h = training.fit(new_state(), (X, Y), epochs=2, batch_size=8, seed=0, progress=False,
+                        evals={"validation": (XV, YV)}, curves={"test": (XV[:16], YV[:16])},
+                        evals_per_epoch=2, loss_points=4, tensorboard_dir=tmp_path / "tb")
+    events = read_events(tmp_path / "tb")
+
+    def f32(steps, values):
+        return [(int(s), float(np.float32(v))) for s, v in zip(steps, values, strict=True)]
+
+    assert events["train/step_loss"] == [(int(s), float(np.float32(v)))
+                                         for s, v in h["step_loss"]]
+    assert events["train/loss"] == f32(h["eval_steps"], h["train_curve_loss"])
+    assert events["train/error"] == f32(h["eval_steps"], h["train_curve_error"])
+    assert events["test_curve/loss"] == f32(h["eval_steps"], h["test_curve_loss"])
+    assert events["test_curve/error"] == f32(h["eval_steps"], h["test_curve_error"])
+    assert events["validation/loss"] == f32(h["steps"], h["validation_loss"])
+    assert events["validation/error"] == f32(h["steps"], h["validation_error"])
+    assert h["eval_steps"] == [6, 12, 18, 24]
+
+
+def test_tensorboard_without_tensorboardx_stops_before_training(tmp_path, monkeypatch):
+    import sys
+
+    from lnjax._optional import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
+    epochs_run = []
+    with pytest.raises(MissingExtraError, match=r'pip install "lnjax\[tensorboard\]"'):
+        training.fit(new_state(), (X, Y), epochs=1, batch_size=8, seed=0, progress=False,
+                     checkpoint_dir=tmp_path / "ckpt", tensorboard_dir=tmp_path / "tb",
+                     on_epoch=lambda e, h: epochs_run.append(e))
+    assert epochs_run == [] and not (tmp_path / "ckpt").exists()
+    assert not (tmp_path / "tb").exists()

@@ -236,7 +236,7 @@ def test_end_to_end_and_resume(mnist_dir, tmp_path, capsys):
     assert on_disk["verdict"] == transformer.verdict(on_disk) == first["verdict"]
     assert len(on_disk["verdict"]) == 5  # four normalizations, then Xiong et al.'s finding
     for method in transformer.METHODS:
-        h = on_disk["runs"][method]["32"]
+        h = on_disk["runs"][method]["32"]["0"]
         assert h["steps"] == [6, 12]
         assert np.isfinite(h["train_loss"]).all()
         assert h["train_loss"][-1] < h["train_loss"][0], method
@@ -247,16 +247,16 @@ def test_end_to_end_and_resume(mnist_dir, tmp_path, capsys):
     # Resume: a third epoch continues from the checkpoint (the warm-up schedule too) and
     # equals a fresh three-epoch run.
     more = base + ["--epochs", "3", "--methods", "pre_ln_warmup"]
-    resumed = transformer.main(more)["runs"]["pre_ln_warmup"]["32"]
-    fresh = transformer.main(more + ["--no-resume"])["runs"]["pre_ln_warmup"]["32"]
-    assert resumed["step_loss"][:12] == first["runs"]["pre_ln_warmup"]["32"]["step_loss"]
+    resumed = transformer.main(more)["runs"]["pre_ln_warmup"]["32"]["0"]
+    fresh = transformer.main(more + ["--no-resume"])["runs"]["pre_ln_warmup"]["32"]["0"]
+    assert resumed["step_loss"][:12] == first["runs"]["pre_ln_warmup"]["32"]["0"]["step_loss"]
     assert resumed["step_loss"] == fresh["step_loss"]
     assert resumed["test_loss"] == fresh["test_loss"]
     # The warm-up length is part of a warm-up run's identity only.
     other = transformer.main(base + ["--epochs", "1", "--methods", "post_ln,post_ln_warmup",
                                      "--warmup-steps", "8"])["runs"]
-    assert other["post_ln"]["32"]["epoch"] == [1, 2]  # resumed: its checkpoint has 2
-    assert other["post_ln_warmup"]["32"]["epoch"] == [1]  # another warm-up: a new run
+    assert other["post_ln"]["32"]["0"]["epoch"] == [1, 2]  # resumed: its checkpoint has 2
+    assert other["post_ln_warmup"]["32"]["0"]["epoch"] == [1]  # another warm-up: a new run
 
 
 @pytest.mark.parametrize("argv, message", [

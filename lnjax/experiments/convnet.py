@@ -52,8 +52,8 @@ statistics count at least 4 x 7 x 7 positions); batch renorm ramps its limits
 as Ioffe does, 100 times faster (``r_max`` from 1 to 3 over steps 50-400,
 ``d_max`` from 0 to 5 over steps 50-250, via :func:`lnjax.renorm_limits`,
 the step counted in ``batch_stats``). The verdicts compare last-epoch test
-errors of one seed; a difference under two standard errors of the test set's
-sampling noise is called "not clear".
+errors (the mean over the seeds with ``--seeds``); a difference under two
+standard errors of the test set's sampling noise is called "not clear".
 
 The convolutions compute ``jax.lax.conv_general_dilated`` forward, but their
 gradient as one matmul over the nine shifted copies of the input (im2col): on
@@ -63,8 +63,9 @@ library's training epoch) runs some 30-60 times slower than outside one
 
 Writes ``results.json`` (per method and batch size, per epoch: train NLL and
 error, validation and test NLL and error, wall time, the devices used; the
-data set; library versions), ``convnet.png`` (train NLL and test error
-against epochs, one column per batch setting) and ``summary.md`` (the table,
+data set; library versions), ``convnet.png`` and ``convnet.pdf`` (train NLL
+and test error against epochs, several points per epoch, one column per batch
+setting) and ``summary.md`` (the table,
 the full-size command and the verdicts), and prints them. Runs resume from
 their checkpoints in ``OUT/checkpoints`` unless ``--no-resume``.
 
@@ -246,7 +247,8 @@ def skipped(history: Mapping[str, Any]) -> bool:
 def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
         out: str, resume: bool = True, progress: bool = True, mesh: Any = None,
         channels: Sequence[int] = CHANNELS, data_parallel: Sequence[int] = (32,),
-        momentum: float = MOMENTUM) -> dict:
+        momentum: float = MOMENTUM, eval_examples: int | None = common.EVAL_EXAMPLES,
+        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`),
     with ``devices`` (how many devices split each batch).
 
@@ -267,7 +269,9 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
                              batch_size=batch_size, lr=lr, seed=seed, hidden=setting,
                              epochs=epochs, out=out, resume=resume, progress=progress,
                              mesh=mesh if n > 1 else None, takes_mask=True,
-                             desc=f"{LABELS[method]:>14} bs={batch_size}{where}")
+                             desc=f"{LABELS[method]:>14} bs={batch_size}{where}",
+                             eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
+                             tensorboard=tensorboard)
     return {**history, "devices": n}
 
 
@@ -284,43 +288,55 @@ def _setting(batch_size: int | str, devices: int) -> str:
 def settings(results: Mapping[str, Any]) -> list[tuple[str, int]]:
     """The batch settings of a ``results.json``: ``(batch size, devices)``, one device first,
     largest batch first."""
-    found = {(bs, h.get("devices", 1)) for by in results["runs"].values()
+    found = {(bs, h.get("devices", 1)) for by in common.first_seed(results["runs"]).values()
              for bs, h in by.items() if not skipped(h)}
     return sorted(found, key=lambda s: (s[1], -int(s[0])))
 
 
 def plot(results: dict, path: str) -> None:
-    """Train NLL (log) above test error against epochs, one column per batch setting."""
-    plt = common.pyplot()
+    """Train NLL above test error against epochs, one column per batch setting; each curve
+    the mean over the seeds (``fit``'s several points per epoch), with a min-max band when
+    there are several. Written as ``path`` (PNG) and a PDF of the same stem."""
     from matplotlib.ticker import MaxNLocator
 
     columns = settings(results)
-    rows = (("train_loss", "train NLL", 1, "log"), ("test_error", "test error (%)", 100, "linear"))
-    fig, axes = plt.subplots(len(rows), max(len(columns), 1), squeeze=False,
-                             figsize=(4.2 * max(len(columns), 1), 6.4))
-    for (key, ylabel, factor, scale), row in zip(rows, axes):
+    rows = (("train_curve_loss", "train_loss", "train NLL (nats)", 1),
+            ("test_curve_error", "test_error", "test error (%)", 100))
+    fig, axes = common.figure(len(rows), max(len(columns), 1), width=4.0, height=2.9)
+    subset = False
+    for (key, fallback, ylabel, factor), row in zip(rows, axes):
         for (bs, _), ax in zip(columns, row):
+            drawn: list[float] = []
             for method, by in results["runs"].items():
-                h = by.get(bs)
-                if h and not skipped(h):
-                    ax.plot(h["epoch"], [factor * v for v in h[key]], marker="o", markersize=3,
-                            color=COLORS.get(method), label=LABELS.get(method, method))
-            ax.set(xlabel="epoch", ylabel=ylabel, yscale=scale)
+                hs = list(common.seed_histories(by[bs]).values()) if by.get(bs) else []
+                if not hs or skipped(hs[0]):
+                    continue
+                per_epoch = hs[0]["steps"][0] / hs[0]["epoch"][0]
+                xs, ys, used = common.first_curve(hs, key, fallback, factor=factor)
+                subset = subset or (used == key and factor == 100)
+                drawn += common.band(ax, xs / per_epoch, ys,
+                                     color=COLORS.get(method), label=LABELS.get(method, method))
+            common.set_scale(ax, drawn)
+            ax.set(xlabel="epochs", ylabel=ylabel)
             ax.grid(alpha=0.3, which="both")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for (bs, devices), ax in zip(columns, axes[0]):
         ax.set_title(_setting(bs, devices), fontsize=10)
-        ax.legend(fontsize=8)
+    common.legend_below(fig, axes, ncols=6)
     channels = results.get("config", {}).get("channels", list(CHANNELS))
+    measured = common.eval_caption(results) if subset else "the test set after each epoch"
     common.save_figure(fig, path, f"ConvNet ({'-'.join(map(str, channels))} channels) on "
-                       f"{results['dataset']['name']} (lnjax), Adam")
+                       f"{results['dataset']['name']} (lnjax), Adam\n"
+                       f"{common.seeds_caption(results['runs'])}; test error on {measured}")
 
 
 # ------------------------------------------------------------------ the verdicts
 
 
 def _test_error(results: Mapping[str, Any], method: str, bs: str) -> float | None:
-    h = results["runs"].get(method, {}).get(bs)
+    """The last-epoch test error of ``method`` at ``bs``, the mean over its seeds."""
+    entry = results["runs"].get(method, {}).get(bs)
+    h = common.mean_history(list(common.seed_histories(entry).values())) if entry else None
     if not h or skipped(h) or not h.get("test_error"):
         return None
     return h["test_error"][-1]
@@ -409,14 +425,18 @@ def verdicts(results: Mapping[str, Any]) -> list[str]:
 def summary(results: Mapping[str, Any]) -> str:
     """``summary.md``: the table of the runs made, what the batch settings were, the
     full-size command and the verdicts."""
-    ran = {m: {bs: h for bs, h in by.items() if not skipped(h)}
+    first = common.first_seed(results["runs"])
+    ran = {m: {bs: e for bs, e in by.items() if not skipped(first[m][bs])}
            for m, by in results["runs"].items()}
+    n = len(common.seeds_of(results["runs"]))
+    seeds = "one seed" if n == 1 else f"the mean of {n} seeds; the table: mean ± standard " \
+        "deviation"
     table = common.summary_table({m: by for m, by in ran.items() if by}, columns=COLUMNS)
     names = ", ".join(_setting(bs, d) for bs, d in settings(results))
     lines = [table, "", f"Batch settings: {names}. Batch norm and renorm normalize over each "
              "device's examples, batchnorm_sync over the whole batch.",
-             f"Full-size run: `{FULL_SIZE}`.", "", "Verdicts (last-epoch test errors, one "
-             "seed; 'not clear': within two standard errors of the test set's sampling "
+             f"Full-size run: `{FULL_SIZE}`.", "", f"Verdicts (last-epoch test errors, {seeds}; "
+             "'not clear': within two standard errors of the test set's sampling "
              "noise):", "", *verdicts(results)]
     return "\n".join(lines) + "\n"
 

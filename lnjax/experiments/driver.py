@@ -4,9 +4,13 @@ An experiment describes itself with an :class:`Experiment` (its methods, its
 ``run`` function, its defaults and extra flags, its table columns, its plot
 and its figure's file name); :func:`main` does the rest, the same way for
 each: parse and check the flags, build the device mesh, load the data, train
-every (batch size, method) with resume from checkpoints, rewrite
-``results.json`` after each run, draw the figure, write ``summary.md`` and
-print the table.
+every (batch size, method, seed) with resume from checkpoints, rewrite
+``results.json`` after each run, draw the figure (PNG and PDF), write
+``summary.md`` and print the table.
+
+``results.json`` keeps every seed's history, ``runs[method][batch size][seed]``
+(read older files, one history per (method, batch size), with
+:func:`common.seed_histories`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import jax
 
 from lnjax import data
-from lnjax._optional import MissingExtraError
+from lnjax._optional import MissingExtraError, require
 from lnjax.experiments import common
 
 DATASETS = ("auto", *data.NAMES)
@@ -37,8 +41,11 @@ class Experiment:
       title: the table's heading, followed by the data set's name.
       methods: the ``--methods`` that exist (and the default: all of them).
       run: ``run(method, batch_size, splits, *, epochs, lr, seed, out, resume,
-        progress, mesh, **extra) -> history``, one training run.
-      plot: ``plot(results, path)``, the figure of a ``results.json``.
+        progress, mesh, eval_examples, evals_per_epoch, tensorboard, **extra) ->
+        history``, one training run (the curves' settings and TensorBoard go to
+        :func:`common.fit_run`).
+      plot: ``plot(results, path)``, the figure of a ``results.json`` (written as
+        ``path`` and a PDF of the same stem).
       figure: the figure's file name in ``--out``.
       columns: the summary table's ``(header, history key, format)`` columns
         (see :func:`common.summary_table`).
@@ -88,6 +95,17 @@ def parser(description: str, *, methods: Sequence[str], default_methods: Sequenc
     p.add_argument("--epochs", type=int, default=epochs, help="epochs per run")
     p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batch order")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run each setting with N seeds: --seed, --seed + 1, ...; the table "
+                        "shows mean ± standard deviation, the figures the mean and min-max")
+    p.add_argument("--eval-examples", type=int, default=common.EVAL_EXAMPLES,
+                   help="the curves' fixed subset of the validation and test splits (the "
+                        "table's numbers are on the whole splits)")
+    p.add_argument("--evals-per-epoch", type=int, default=common.EVALS_PER_EPOCH,
+                   help="evaluations of the curves' subsets per epoch")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard event files to OUT/tensorboard/<run> (needs "
+                        "tensorboardX: pip install \"lnjax[tensorboard]\")")
     p.add_argument("--train-examples", type=int, default=train_examples,
                    help="train on the first N of the 55,000 training examples (None: all)")
     p.add_argument("--out", default=out, help="folder for results.json, the figure, checkpoints")
@@ -111,6 +129,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, *,
         p.error(f"--epochs must be at least 1, got {args.epochs}")
     if not args.lr > 0:
         p.error(f"--lr must be positive, got {args.lr}")
+    for flag in ("seeds", "eval_examples", "evals_per_epoch"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.train_examples is not None and args.train_examples < 1:
         p.error(f"--train-examples must be positive, got {args.train_examples}")
     if args.devices is not None and not 1 <= args.devices <= jax.device_count():
@@ -152,6 +173,8 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
     e.check(p, args)
     try:  # the figure is drawn after training: a missing matplotlib stops the run before it
         common.pyplot()
+        if args.tensorboard:
+            require("tensorboardX", "--tensorboard")
     except MissingExtraError as err:
         p.exit(1, f"{p.prog}: {err}\n")
     timer = common.Timer()
@@ -164,21 +187,30 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "results.json")
     extra = {k: getattr(args, k) for k in e.run_flags}
+    seeds = list(range(args.seed, args.seed + args.seeds))
     for bs in args.batch_sizes:
         for method in args.methods:
-            h = e.run(method, bs, splits, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                      out=args.out, resume=not args.no_resume, progress=not args.no_progress,
-                      mesh=devices, **extra)
-            results["runs"].setdefault(method, {})[str(bs)] = h
-            results["wall_seconds"] = timer()
-            common.write_json(json_path, results)
+            for seed in seeds:
+                h = e.run(method, bs, splits, epochs=args.epochs, lr=args.lr, seed=seed,
+                          out=args.out, resume=not args.no_resume,
+                          progress=not args.no_progress, mesh=devices,
+                          eval_examples=args.eval_examples,
+                          evals_per_epoch=args.evals_per_epoch, tensorboard=args.tensorboard,
+                          **extra)
+                results["runs"].setdefault(method, {}).setdefault(str(bs), {})[str(seed)] = h
+                results["wall_seconds"] = timer()
+                common.write_json(json_path, results)
     fig_path = os.path.join(args.out, e.figure)
     e.plot(results, fig_path)
     table = common.summary_table(results["runs"], columns=e.columns)
+    if len(seeds) > 1:
+        table += (f"\n\nEach cell: mean ± standard deviation over {len(seeds)} seeds "
+                  f"({', '.join(map(str, seeds))}).")
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table + "\n")
     print(f"\n{e.title} {data_info['name']} ({data_info['identity']}; {data_info['source']}), "
           f"{args.epochs} epochs, {data_info['sizes']['train']} training examples:\n")
     print(table)
-    print(f"\nWrote {json_path}, {fig_path}; {timer():.0f} s in all.")
+    pdf = os.path.splitext(fig_path)[0] + ".pdf"
+    print(f"\nWrote {json_path}, {fig_path}, {pdf}; {timer():.0f} s in all.")
     return results

@@ -19,7 +19,8 @@ test errors use batch norm's running averages (momentum 0.99).
 
 Writes ``results.json`` (per method and batch size, per epoch: train NLL and
 error, validation and test NLL and error, wall time; the data set and its
-source; library versions), ``figure6.png`` laid out as the paper's Figure 6,
+source; library versions), ``figure6.png`` and ``figure6.pdf`` laid out as the
+paper's Figure 6 (train NLL and test error several times per epoch),
 and prints a summary table. Runs resume from their checkpoints in
 ``OUT/checkpoints`` unless ``--no-resume``.
 
@@ -101,7 +102,8 @@ class MLP(nn.Module):
 def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
         out: str, resume: bool = True, progress: bool = True,
         hidden: Sequence[int] = (1000, 1000), mesh: Any = None,
-        per_device_bn: bool = False) -> dict:
+        per_device_bn: bool = False, eval_examples: int | None = common.EVAL_EXAMPLES,
+        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`).
 
     With a ``mesh`` of several devices the run is data-parallel and batch norm's
@@ -115,39 +117,53 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
     return common.fit_run(model, optax.adam(lr), splits, method=method, batch_size=batch_size,
                           lr=lr, seed=seed, hidden=list(hidden), epochs=epochs, out=out,
                           resume=resume, progress=progress, mesh=mesh, takes_mask=True,
-                          desc=f"{LABELS[method]:>9} bs={batch_size:<3}")
+                          desc=f"{LABELS[method]:>9} bs={batch_size:<3}",
+                          eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
+                          tensorboard=tensorboard)
 
 
 def plot(results: dict, path: str) -> None:
-    """Figure 6's layout: train NLL (log) above test error, one column per batch size."""
-    plt = common.pyplot()
+    """Figure 6's layout: train NLL above test error against epochs, one column per batch
+    size; each curve the mean over the seeds, with a min-max band when there are several.
+
+    The curves are ``fit``'s several points per epoch (``train_curve_loss``, the mean
+    over the steps since the previous point; ``test_curve_error``, on the fixed test
+    subset); a history without them (one point per epoch) is drawn from ``train_loss``
+    and ``test_error``. Written as ``path`` (PNG) and a PDF of the same stem.
+    """
     from matplotlib.ticker import MaxNLocator
 
     runs, sizes = results["runs"], common.batch_sizes(results)
-    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.4), squeeze=False)
+    fig, axes = common.figure(2, len(sizes), width=4.2, height=2.9)
+    subset = False
     for col, bs in enumerate(sizes):
         top, bottom = axes[0, col], axes[1, col]
+        drawn: dict[str, list[float]] = {"top": [], "bottom": []}
         for method, by in runs.items():
-            h = by.get(str(bs))
-            if not h:
+            if not by.get(str(bs)):
                 continue
-            kw = {"color": COLORS.get(method), "label": LABELS.get(method, method), "marker": "o",
-                  "markersize": 3}
-            top.plot(h["epoch"], h["train_loss"], **kw)
-            bottom.plot(h["epoch"], [100 * e for e in h["test_error"]], **kw)
-        top.set_yscale("log")
-        top.set_title(f"batch size {bs}")
-        top.set_ylabel("train NLL")
-        bottom.set_ylabel("test error (%)")
-        bottom.set_xlabel("epoch")
+            hs = list(common.seed_histories(by[str(bs)]).values())
+            per_epoch = hs[0]["steps"][0] / hs[0]["epoch"][0]
+            kw = {"color": COLORS.get(method), "label": LABELS.get(method, method)}
+            lx, loss, _ = common.first_curve(hs, "train_curve_loss", "train_loss")
+            ex, err, key = common.first_curve(hs, "test_curve_error", "test_error", factor=100)
+            subset = subset or key == "test_curve_error"
+            drawn["top"] += common.band(top, lx / per_epoch, loss, **kw)
+            drawn["bottom"] += common.band(bottom, ex / per_epoch, err, **kw)
+        common.set_scale(top, drawn["top"])
+        common.set_scale(bottom, drawn["bottom"])
+        top.set(title=f"batch size {bs}", ylabel="train NLL (nats)")
+        bottom.set(xlabel="epochs", ylabel="test error (%)")
         for ax in (top, bottom):
             ax.grid(alpha=0.3, which="both")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        top.legend()
+    common.legend_below(fig, axes)
     hidden = results.get("config", {}).get("hidden", [1000, 1000])
     widths = "-".join(str(w) for w in [784, *hidden, 10])
+    measured = common.eval_caption(results) if subset else "the test set after each epoch"
     common.save_figure(fig, path, f"Permutation-invariant {results['dataset']['name']} "
-                       f"(lnjax), {widths}, Adam")
+                       f"(lnjax), {widths}, Adam\n{common.seeds_caption(runs)}; test error on "
+                       f"{measured}")
 
 
 COLUMNS = common.columns(("epochs", "epoch", "d"))

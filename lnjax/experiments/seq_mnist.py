@@ -13,8 +13,9 @@ Choices not fixed by the paper: pixels standardized by the training set's
 mean and std (see :func:`standardize`), Adam (``--lr``, default 1e-3), gradient
 clipping at global norm 1, LeCun-normal input and orthogonal recurrent
 weights, zero biases, the LN gains at 1 (Eqs. 20-22 for the LSTM, 26-28 for
-the GRU). Writes ``results.json``, ``curves.png`` (training loss and test
-accuracy against steps) and prints a summary table.
+the GRU). Writes ``results.json``, ``curves.png`` and ``curves.pdf`` (training loss and
+test error against steps, the error on a fixed subset of ``--eval-examples``
+test images ``--evals-per-epoch`` times per epoch) and prints a summary table.
 
 Reference: Ba, Kiros & Hinton (2016), sections 3.1 and 6 (Eqs. 20-22).
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lnjax import linen as lnn
@@ -75,7 +77,8 @@ def standardize(ds, train):
 
 def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
         out: str, hidden: int = 128, resume: bool = True, progress: bool = True,
-        mesh: Any = None) -> dict:
+        mesh: Any = None, eval_examples: int | None = common.EVAL_EXAMPLES,
+        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`)."""
     model = RowClassifier(method=method, hidden=hidden)
     splits = {k: standardize(splits[k], splits["train"])
@@ -84,34 +87,49 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
     return common.fit_run(model, tx, splits, method=method, batch_size=batch_size, lr=lr,
                           seed=seed, hidden=hidden, epochs=epochs, out=out, resume=resume,
                           progress=progress, mesh=mesh,
-                          desc=f"{LABELS[method]:>7} bs={batch_size:<3}")
+                          desc=f"{LABELS[method]:>7} bs={batch_size:<3}",
+                          eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
+                          tensorboard=tensorboard)
 
 
 def plot(results: dict, path: str) -> None:
-    """Training loss (log) and test accuracy against steps, one column per batch size."""
-    plt = common.pyplot()
+    """Training loss and test error against training steps, one pair of panels per batch
+    size; each curve the mean over the seeds, with a min-max band when there are several.
+
+    The test error is ``fit``'s ``test_curve_error`` (several points per epoch on the
+    fixed test subset), or ``test_error`` (each epoch) for a history without it.
+    Written as ``path`` (PNG) and a PDF of the same stem.
+    """
     runs, sizes = results["runs"], common.batch_sizes(results)
-    fig, axes = plt.subplots(1, 2 * len(sizes), figsize=(4.5 * 2 * len(sizes), 3.6),
-                             squeeze=False)
+    fig, axes = common.figure(1, 2 * len(sizes), width=4.6, height=3.4)
+    subset = False
     for col, bs in enumerate(sizes):
         left, right = axes[0, 2 * col], axes[0, 2 * col + 1]
+        drawn: dict[str, list[float]] = {"left": [], "right": []}
         for method, by in runs.items():
-            h = by.get(str(bs))
-            if not h:
+            if not by.get(str(bs)):
                 continue
+            hs = list(common.seed_histories(by[str(bs)]).values())
             color, style = STYLES.get(method, (None, "-"))
             kw = {"color": color, "linestyle": style, "label": LABELS.get(method, method)}
-            steps, losses = zip(*h["step_loss"])
-            left.plot(steps, losses, alpha=0.8, **kw)
-            right.plot(h["steps"], [100 * (1 - e) for e in h["test_error"]], marker="o",
-                       markersize=3, **kw)
-        left.set_yscale("log")
-        left.set(title=f"training loss, batch size {bs}", xlabel="step", ylabel="NLL")
-        right.set(title=f"test accuracy, batch size {bs}", xlabel="step", ylabel="accuracy (%)")
+            steps, losses, _ = common.first_curve(hs, "step_loss")
+            smooth = np.asarray([common.running_mean(v, 5) for v in losses])
+            x, err, key = common.first_curve(hs, "test_curve_error", "test_error", factor=100)
+            subset = subset or key == "test_curve_error"
+            drawn["left"] += common.band(left, steps, smooth, **kw)
+            drawn["right"] += common.band(right, x, err, marker="o", markersize=2.5, **kw)
+        common.set_scale(left, drawn["left"])
+        common.set_scale(right, drawn["right"])
+        left.set(title=f"training loss, batch size {bs}", xlabel="training steps",
+                 ylabel="train NLL (nats, running mean of 5)")
+        right.set(title=f"test error, batch size {bs}", xlabel="training steps",
+                  ylabel="test error (%)")
         for ax in (left, right):
             ax.grid(alpha=0.3, which="both")
-            ax.legend()
-    common.save_figure(fig, path, f"Row-by-row sequential {results['dataset']['name']} (lnjax)")
+    common.legend_below(fig, axes)
+    measured = common.eval_caption(results) if subset else "the test set after each epoch"
+    common.save_figure(fig, path, f"Row-by-row sequential {results['dataset']['name']} "
+                       f"(lnjax)\n{common.seeds_caption(runs)}; test error on {measured}")
 
 
 COLUMNS = common.columns(("steps", "steps", "d"))

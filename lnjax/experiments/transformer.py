@@ -48,10 +48,10 @@ CPU, minutes on a GPU)::
 Writes ``results.json`` (per method and batch size, per epoch: train NLL and
 error, validation and test NLL and error, wall time, the step-by-step training
 loss; the data set and its source; library versions; the verdict),
-``curves.png`` (training loss against steps, one curve per method, and the last
-test errors), ``summary.md`` (the table and the verdict). Runs resume from their
-checkpoints in ``OUT/checkpoints`` unless ``--no-resume``; a warm-up run's
-checkpoints are tied to its ``--warmup-steps``.
+``curves.png`` and ``curves.pdf`` (training loss and test error against steps,
+one curve per method, and the last test errors), ``summary.md`` (the table and
+the verdict). Runs resume from their checkpoints in ``OUT/checkpoints`` unless
+``--no-resume``; a warm-up run's checkpoints are tied to its ``--warmup-steps``.
 
 References: Xiong et al., "On Layer Normalization in the Transformer
 Architecture", ICML 2020 (arXiv 2002.04745); Vaswani et al. (2017); Dosovitskiy
@@ -63,11 +63,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lnjax import linen as lnn
@@ -220,7 +221,8 @@ def schedule(lr: float, warmup_steps: int) -> optax.Schedule:
 def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
         out: str, resume: bool = True, progress: bool = True, mesh: Any = None,
         layers: int = 4, width: int = 128, heads: int = 4, mlp_dim: int = 256,
-        warmup_steps: int = 200) -> dict:
+        warmup_steps: int = 200, eval_examples: int | None = common.EVAL_EXAMPLES,
+        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`).
 
     ``method`` is a normalization of :data:`NORMS`, with the suffix ``_warmup``
@@ -236,7 +238,9 @@ def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, s
     return common.fit_run(model, tx, splits, method=method, batch_size=batch_size, lr=lr,
                           seed=seed, hidden=config, epochs=epochs, out=out, resume=resume,
                           progress=progress, mesh=mesh,
-                          desc=f"{label(method):>24} bs={batch_size:<3}")
+                          desc=f"{label(method):>24} bs={batch_size:<3}",
+                          eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
+                          tensorboard=tensorboard)
 
 
 CHANCE_ERROR = 0.9  # the test error of guessing among the 10 classes
@@ -250,8 +254,8 @@ def _final(h: Mapping[str, Any], key: str) -> float:
 
 def compare_warmup(runs: Mapping[str, Mapping[str, Any]], norm: str, batch_size: str,
                    *, shortfall: float = SHORTFALL) -> dict | None:
-    """The last epoch of ``norm`` without and with warm-up at ``batch_size``; ``None`` if
-    either run is missing.
+    """The last epoch of ``norm`` without and with warm-up at ``batch_size`` (the mean over
+    the seeds); ``None`` if either run is missing.
 
     The run without warm-up *needs* warm-up when its training loss or test error is not
     finite, or when it loses more than ``shortfall`` of what the run with warm-up gained
@@ -269,6 +273,9 @@ def compare_warmup(runs: Mapping[str, Mapping[str, Any]], norm: str, batch_size:
     warm = runs.get(norm + WARMUP, {}).get(batch_size)
     if not cold or not warm:
         return None
+    # Several seeds (runs[method][batch size][seed]): their mean.
+    cold, warm = (common.mean_history(list(common.seed_histories(e).values()))
+                  for e in (cold, warm))
     c = {"train_loss": _final(cold, "train_loss"), "test_error": _final(cold, "test_error")}
     w = {"train_loss": _final(warm, "train_loss"), "test_error": _final(warm, "test_error")}
     gain = CHANCE_ERROR - w["test_error"]
@@ -331,59 +338,63 @@ def verdict(results: Mapping[str, Any], *, shortfall: float = SHORTFALL) -> list
     return lines
 
 
-def _running_mean(values: Sequence[float], window: int) -> list[float]:
-    out, total, kept = [], 0.0, []
-    for v in values:
-        kept.append(v)
-        total += v
-        if len(kept) > window:
-            total -= kept.pop(0)
-        out.append(total / len(kept))
-    return out
-
-
 def plot(results: dict, path: str) -> None:
-    """Training loss against steps (one curve per method: color the normalization, solid
-    with warm-up, dashed without) beside the last test error, one row per batch size."""
-    plt = common.pyplot()
+    """Training loss and test error against training steps (one curve per method: color
+    the normalization, solid with warm-up, dashed without; the mean over the seeds, with a
+    min-max band when there are several) beside the last test error on the whole test set
+    (bars: the mean, whiskers: min-max), one row per batch size. Written as ``path`` (PNG)
+    and a PDF of the same stem."""
     runs, sizes = results["runs"], common.batch_sizes(results)
-    fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 3.8 * len(sizes)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, axes = common.figure(len(sizes), 3, width=4.0, height=3.4)
+    subset = False
     for row, bs in enumerate(sizes):
-        left, right = axes[row]
-        finite = []
+        left, middle, right = axes[row]
+        drawn: dict[str, list[float]] = {"left": [], "middle": []}
         bars = []
         for method, by in runs.items():
-            h = by.get(str(bs))
-            if not h:
+            if not by.get(str(bs)):
                 continue
+            hs = list(common.seed_histories(by[str(bs)]).values())
             norm, warm = split_method(method)
-            steps, losses = zip(*h["step_loss"])
-            smooth = _running_mean(losses, 5)
-            finite += [v for v in smooth if math.isfinite(v)]
-            left.plot(steps, smooth, color=COLORS[norm], linestyle="-" if warm else "--",
-                      label=label(method))
-            bars.append((norm, warm, 100 * _final(h, "test_error")))
-        if finite and max(finite) / max(min(finite), 1e-12) > 10:
-            left.set_yscale("log")
-        left.set(title=f"training loss, batch size {bs}", xlabel="step",
-                 ylabel="NLL (running mean of 5 points)")
-        left.grid(alpha=0.3, which="both")
-        left.legend(fontsize=8)
+            kw = {"color": COLORS[norm], "linestyle": "-" if warm else "--",
+                  "label": label(method)}
+            steps, losses, _ = common.first_curve(hs, "step_loss")
+            smooth = np.asarray([common.running_mean(v, 5) for v in losses])
+            drawn["left"] += common.band(left, steps, smooth, **kw)
+            x, err, key = common.first_curve(hs, "test_curve_error", "test_error", factor=100)
+            subset = subset or key == "test_curve_error"
+            drawn["middle"] += common.band(middle, x, err, **kw)
+            final = [100 * _final(h, "test_error") for h in hs]
+            bars.append((norm, warm, final))
+        common.set_scale(left, drawn["left"])
+        common.set_scale(middle, drawn["middle"])
+        left.set(title=f"training loss, batch size {bs}", xlabel="training steps",
+                 ylabel="train NLL (nats, running mean of 5)")
+        middle.set(title=f"test error, batch size {bs}", xlabel="training steps",
+                   ylabel="test error (%)")
+        for ax in (left, middle):
+            ax.grid(alpha=0.3, which="both")
         norms = [n for n in NORMS if any(b[0] == n for b in bars)]
-        for norm, warm, err in bars:
-            x = norms.index(norm) + (0.2 if warm else -0.2)
-            right.bar(x, err, width=0.38, color=COLORS[norm], hatch="" if warm else "//",
-                      edgecolor="black", alpha=0.9 if warm else 0.5)
-            right.annotate(f"{err:.1f}", (x, err), ha="center", va="bottom", fontsize=8)
+        for norm, warm, final in bars:
+            at = norms.index(norm) + (0.2 if warm else -0.2)
+            mean = float(np.mean(final))
+            spread = [[mean - min(final)], [max(final) - mean]] if len(final) > 1 else None
+            right.bar(at, mean, width=0.38, color=COLORS[norm], hatch="" if warm else "//",
+                      edgecolor="black", alpha=0.9 if warm else 0.5, yerr=spread, capsize=3)
+            right.annotate(f"{mean:.1f}", (at, max(final)), ha="center", va="bottom",
+                           fontsize=8)
         right.set_xticks(range(len(norms)), [LABELS[n] for n in norms])
-        right.set(title=f"test error after the last epoch, batch size {bs}",
-                  ylabel="test error (%)  (hatched: no warm-up)")
+        right.set_ylim(0, 1.15 * max([max(b[2]) for b in bars], default=1))
+        right.set(title=f"last test error, batch size {bs}", ylabel="test error (%), whole set",
+                  xlabel="hatched, left: no warm-up; plain, right: warm-up")
         right.grid(alpha=0.3, axis="y")
+    common.legend_below(fig, axes)
     cfg = results.get("config", {})
+    measured = common.eval_caption(results) if subset else "the test set after each epoch"
     common.save_figure(fig, path, f"Transformer encoder on {results['dataset']['name']} "
                        f"patches (lnjax): {cfg.get('layers')} layers, width {cfg.get('width')}, "
-                       f"Adam lr {cfg.get('lr', 0):g}, warm-up {cfg.get('warmup_steps')} steps")
+                       f"Adam lr {cfg.get('lr', 0):g}, warm-up {cfg.get('warmup_steps')} steps\n"
+                       f"{common.seeds_caption(runs)}; test error curves on {measured}")
 
 
 COLUMNS = common.columns(("steps", "steps", "d"))
