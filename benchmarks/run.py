@@ -52,10 +52,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 import lnjax.linen as lnn
 from benchmarks import report
 from benchmarks.harness import TimeRatio, block, jax_call, measure
+from lnjax.experiments import common
 
 try:  # PyTorch is compared when it is installed (the ``torch`` extra).
     import torch
@@ -413,10 +415,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: pathlib.Path) -> None:
     """A horizontal bar chart of every ratio, with its target marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot(feature="the benchmarks' results.png")
 
     rows = [(f"{rec['title']}: {r['label']}", r["value"], r["target"], r["met"])
             for rec in results["cases"] for r in rec.get("ratios", [])]
@@ -447,16 +446,13 @@ def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAUL
     unknown = [n for n in names if n not in CASES]
     if unknown:
         raise ValueError(f"unknown case(s) {unknown}; known: {sorted(CASES)}")
+    # results.png is drawn last: a missing matplotlib stops the run before any timing.
+    common.pyplot(feature="the benchmarks' results.png")
     results: dict[str, Any] = {"machine": report.machine(), "config": dataclasses.asdict(config),
                                "quick": quick, "shapes": shapes, "cases": []}
-    try:
-        from tqdm import tqdm
-        bar = tqdm(names, desc="benchmarks", disable=not progress)
-    except ImportError:  # pragma: no cover
-        bar = names
+    bar = tqdm(names, desc="benchmarks", disable=not progress)
     for name in bar:
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(name)
+        bar.set_postfix_str(name)
         for case in CASES[name](config):
             results["cases"].append(run_case(case, config))
     results["machine"]["load average at end"] = report.load_average()

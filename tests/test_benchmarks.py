@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -167,3 +168,20 @@ def test_training_loop_benchmark(tmp_path):
     table = training_loop.markdown(row)
     assert "| epoch scan steps/s | Python loop steps/s | python loop / epoch scan |" in table
     assert np.isclose(float(table.splitlines()[-1].split("|")[-2]), ratio["value"], atol=5e-3)
+
+
+def test_run_without_matplotlib_stops_before_timing_and_names_the_extra(monkeypatch, tmp_path):
+    from benchmarks import run as bench_run
+
+    def timed(*args, **kwargs):
+        raise AssertionError("a case was timed before the missing plotting library was reported")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # any import of it fails
+    monkeypatch.setattr(bench_run, "run_case", timed)
+    with pytest.raises(ImportError) as info:
+        bench_run.run(cases=list(bench_run.CASES)[:1], shapes="tiny", out=tmp_path, progress=False)
+    message = str(info.value)
+    assert type(info.value).__name__ == "MissingExtraError"
+    assert "\n" not in message and "results.png" in message
+    assert message.endswith('pip install "lnjax[plots]"'), message
+    assert not list(tmp_path.iterdir())

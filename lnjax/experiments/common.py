@@ -291,14 +291,17 @@ class Timer:
         return time.perf_counter() - self.t0
 
 
-def pyplot():
+def pyplot(*, feature: str = "the experiments' figures") -> Any:
     """matplotlib's pyplot on a non-interactive backend.
+
+    Args:
+      feature: what needs the figures, for the error message.
 
     Raises:
       lnjax._optional.MissingExtraError: matplotlib is not installed (one line
-        naming ``pip install "lnjax[plots]"``).
+        naming ``feature`` and ``pip install "lnjax[plots]"``).
     """
-    matplotlib = require("matplotlib", "the experiments' figures")
+    matplotlib = require("matplotlib", feature)
 
     if not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
