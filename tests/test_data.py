@@ -180,7 +180,7 @@ def test_split_slice_too_few_training_examples():
 
 
 def test_tfds_split_strings_match_the_paper_split():
-    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed: pip install 'lnjax[data]' (make test installs it)")
     from tensorflow_datasets.core import ReadInstruction, splits
 
     info = {"train": splits.SplitInfo(name="train", shard_lengths=[60_000], num_bytes=0,
@@ -451,7 +451,7 @@ def test_load_bad_arguments(kwargs, err, match):
 
 @pytest.fixture
 def tfds():
-    return pytest.importorskip("tensorflow_datasets")
+    return pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed: pip install 'lnjax[data]' (make test installs it)")
 
 
 @pytest.mark.parametrize("name", data.NAMES)
@@ -804,7 +804,7 @@ def test_real_fashion_mnist_files_are_verified_and_auto_names_them(isolated):
 
 
 def test_prepare_asks_tfds_for_array_record_data(monkeypatch, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed: pip install 'lnjax[data]' (make test installs it)")
     calls = []
 
     class Builder:

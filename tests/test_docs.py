@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sphinx")
-pytest.importorskip("myst_nb")
-pytest.importorskip("sphinx_book_theme")
-pytest.importorskip("nbclient")
+_DOCS = "the docs extra is not installed: pip install 'lnjax[docs]' (make test installs it)"
+for _module in ("sphinx", "myst_nb", "sphinx_book_theme", "nbclient"):
+    pytest.importorskip(_module, reason=_DOCS)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

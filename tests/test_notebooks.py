@@ -37,13 +37,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-ipykernel_spec = pytest.importorskip("ipykernel.kernelspec")
-jupytext = pytest.importorskip("jupytext")
-inputtransformer2 = pytest.importorskip("IPython.core.inputtransformer2")
-interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
-traitlets_config = pytest.importorskip("traitlets.config")
+_NOTEBOOKS = ("the notebooks extra is not installed: pip install 'lnjax[notebooks]' "
+              "(make test installs it)")
+nbformat = pytest.importorskip("nbformat", reason=_NOTEBOOKS)
+nbclient = pytest.importorskip("nbclient", reason=_NOTEBOOKS)
+ipykernel_spec = pytest.importorskip("ipykernel.kernelspec", reason=_NOTEBOOKS)
+jupytext = pytest.importorskip("jupytext", reason=_NOTEBOOKS)
+inputtransformer2 = pytest.importorskip("IPython.core.inputtransformer2", reason=_NOTEBOOKS)
+interactiveshell = pytest.importorskip("IPython.core.interactiveshell", reason=_NOTEBOOKS)
+traitlets_config = pytest.importorskip("traitlets.config", reason=_NOTEBOOKS)
 
 from tests.helpers import idx_bytes, write  # noqa: E402
 

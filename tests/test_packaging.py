@@ -29,8 +29,9 @@ import pytest
 
 from tests.helpers import write_mnist_folder
 
-build = pytest.importorskip("build")  # the dev extra brings build and twine
-pytest.importorskip("twine")
+_DEV = "build and twine are not installed: pip install 'lnjax[dev]' (make test installs them)"
+build = pytest.importorskip("build", reason=_DEV)
+pytest.importorskip("twine", reason=_DEV)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "lnjax-0.1.0"

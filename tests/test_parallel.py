@@ -13,7 +13,9 @@ from lnjax import parallel, training
 from lnjax.experiments.pi_mnist import MLP
 from tests import reference as ref
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8,
+    reason="needs 8 JAX devices (conftest.py sets --xla_force_host_platform_device_count=8)")
 
 RNG = np.random.default_rng(0)
 XB = RNG.random((4, 16, 20)).astype(np.float32)
