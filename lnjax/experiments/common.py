@@ -403,6 +403,20 @@ def first_curve(histories: Sequence[Mapping[str, Any]], *keys: str,
     raise ValueError(f"first_curve: the histories hold none of {keys}.")
 
 
+def smoothed_step_loss(histories: Sequence[Mapping[str, Any]], window: int = 5,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``step_loss`` points over seeds, each seed's losses a :func:`running_mean`."""
+    steps, losses, _ = first_curve(histories, "step_loss")
+    return steps, np.asarray([running_mean(v, window) for v in losses])
+
+
+def error_curve(histories: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The test error (%) over seeds: the curve subset's points where the histories have
+    them, else the whole split's per epoch; and whether it was the subset."""
+    xs, errors, key = first_curve(histories, "test_curve_error", "test_error", factor=100)
+    return xs, errors, key == "test_curve_error"
+
+
 def running_mean(values: Sequence[float], window: int) -> list[float]:
     """The mean of each value and the ``window - 1`` before it (fewer at the start).
 

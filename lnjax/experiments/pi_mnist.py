@@ -146,8 +146,8 @@ def plot(results: dict, path: str) -> None:
             per_epoch = hs[0]["steps"][0] / hs[0]["epoch"][0]
             kw = {"color": COLORS.get(method), "label": LABELS.get(method, method)}
             lx, loss, _ = common.first_curve(hs, "train_curve_loss", "train_loss")
-            ex, err, key = common.first_curve(hs, "test_curve_error", "test_error", factor=100)
-            subset = subset or key == "test_curve_error"
+            ex, err, from_subset = common.error_curve(hs)
+            subset = subset or from_subset
             drawn["top"] += common.band(top, lx / per_epoch, loss, **kw)
             drawn["bottom"] += common.band(bottom, ex / per_epoch, err, **kw)
         common.set_scale(top, drawn["top"])

@@ -27,7 +27,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from lnjax import linen as lnn
@@ -112,11 +111,10 @@ def plot(results: dict, path: str) -> None:
             hs = list(common.seed_histories(by[str(bs)]).values())
             color, style = STYLES.get(method, (None, "-"))
             kw = {"color": color, "linestyle": style, "label": LABELS.get(method, method)}
-            steps, losses, _ = common.first_curve(hs, "step_loss")
-            smooth = np.asarray([common.running_mean(v, 5) for v in losses])
-            x, err, key = common.first_curve(hs, "test_curve_error", "test_error", factor=100)
-            subset = subset or key == "test_curve_error"
-            drawn["left"] += common.band(left, steps, smooth, **kw)
+            x, err, from_subset = common.error_curve(hs)
+            subset = subset or from_subset
+            steps, loss = common.smoothed_step_loss(hs)
+            drawn["left"] += common.band(left, steps, loss, **kw)
             drawn["right"] += common.band(right, x, err, marker="o", markersize=2.5, **kw)
         common.set_scale(left, drawn["left"])
         common.set_scale(right, drawn["right"])

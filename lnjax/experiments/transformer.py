@@ -358,11 +358,10 @@ def plot(results: dict, path: str) -> None:
             norm, warm = split_method(method)
             kw = {"color": COLORS[norm], "linestyle": "-" if warm else "--",
                   "label": label(method)}
-            steps, losses, _ = common.first_curve(hs, "step_loss")
-            smooth = np.asarray([common.running_mean(v, 5) for v in losses])
-            drawn["left"] += common.band(left, steps, smooth, **kw)
-            x, err, key = common.first_curve(hs, "test_curve_error", "test_error", factor=100)
-            subset = subset or key == "test_curve_error"
+            steps, loss = common.smoothed_step_loss(hs)
+            drawn["left"] += common.band(left, steps, loss, **kw)
+            x, err, from_subset = common.error_curve(hs)
+            subset = subset or from_subset
             drawn["middle"] += common.band(middle, x, err, **kw)
             final = [100 * _final(h, "test_error") for h in hs]
             bars.append((norm, warm, final))
