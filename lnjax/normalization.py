@@ -55,7 +55,7 @@ import numpy as np
 from jax import lax
 
 from lnjax import _checks as checks
-from lnjax import kernels
+from lnjax import _sharding, kernels
 from lnjax._checks import canonicalize_axes
 from lnjax._numerics import abs2, round_off
 
@@ -449,17 +449,21 @@ class NormSpec:
                 and kernels.applies(self.shape, self.reduction_axes, self.feature_axes,
                                     epsilon=self.epsilon, masked=mask is not None,
                                     axis_name=self.axis_name, fast_variance=self.fast_variance)):
-            width = math.prod(fshape)
+            # x keeps its shape: no reshape merges an axis that may be sharded.
+            params = (_sharding.match_feature_axes(
+                checks.feature_param(p, name, fshape, fshape, fn=fn), x, self.feature_axes)
+                for name, p in (("scale", scale), ("bias", bias)))
             y = kernels.row_norm(
-                x.reshape(-1, width), checks.feature_param(scale, "scale", fshape, (width,), fn=fn),
-                checks.feature_param(bias, "bias", fshape, (width,), fn=fn),
-                epsilon=float(self.epsilon), centered=self.centered,
+                x, *params, epsilon=float(self.epsilon), centered=self.centered,
                 stats_dtype=self.stats_dtype, out_dtype=jnp.dtype(out_dtype),
-                implementation=self.implementation)
-            return y.reshape(self.shape), None
+                implementation=self.implementation, num_axes=len(self.reduction_axes))
+            return y, None
         target = self.target_shape
-        scale = checks.feature_param(scale, "scale", fshape, target, fn=fn)
-        bias = checks.feature_param(bias, "bias", fshape, target, fn=fn)
+        # Parameters take x's sharding of their axes (an FSDP parameter is gathered).
+        scale = _sharding.match_broadcast(checks.feature_param(scale, "scale", fshape, target,
+                                                               fn=fn), x)
+        bias = _sharding.match_broadcast(checks.feature_param(bias, "bias", fshape, target,
+                                                              fn=fn), x)
         mask = checks.broadcast_mask(mask, self.shape, fn=fn)
         if self.num_groups is not None:
             return self._apply_groups(x, scale, bias, mask, out_dtype)
@@ -469,21 +473,23 @@ class NormSpec:
         if stats is None:
             st = self.moments(x, mask)
         else:
-            st = self._given_moments(*stats)
+            st = self._given_moments(x, *stats)
         if renorm is not None:
             return self._renormalize(x, st, renorm, scale, bias, out_dtype), st
         return normalize(x, st, epsilon=self.epsilon, scale=scale, bias=bias,
                          dtype=out_dtype), st
 
-    def _given_moments(self, mean: Any, var: Any) -> Moments:
-        """Moments from a mean and variance of :attr:`feature_shape` (running averages)."""
+    def _given_moments(self, x: Array, mean: Any, var: Any) -> Moments:
+        """Moments from a mean and variance of :attr:`feature_shape` (running averages),
+        sharded as ``x`` along its feature axes."""
         fshape, target = self.feature_shape, self.target_shape
 
         def shaped(name, v, dtype):
             v = jnp.asarray(v)
             if v.ndim == 1 and len(fshape) > 1 and v.size == math.prod(fshape):
                 v = v.reshape(fshape)  # flat, as flax.nnx stores them
-            return checks.feature_param(v, name, fshape, target, fn=self.name).astype(dtype)
+            v = checks.feature_param(v, name, fshape, target, fn=self.name).astype(dtype)
+            return _sharding.match_broadcast(v, x)
 
         mean = shaped("running_mean", mean, self.stats_dtype)
         var = shaped("running_var", var, jnp.finfo(self.stats_dtype).dtype)
@@ -491,7 +497,7 @@ class NormSpec:
 
     def _renormalize(self, x, st, renorm, scale, bias, out_dtype):
         """``((x - mu_B) / sigma_B * r + d) * scale + bias`` (Ioffe 2017), r and d constant."""
-        running = self._given_moments(renorm.running_mean, renorm.running_var)
+        running = self._given_moments(x, renorm.running_mean, renorm.running_var)
         sigma_b = jnp.sqrt(st.var + self.epsilon)
         rsigma = lax.rsqrt(running.var + self.epsilon)
         r_max = jnp.asarray(renorm.r_max, st.var.dtype)
@@ -500,7 +506,10 @@ class NormSpec:
         # mu_B - mu as (shift - mu) + mean: exact far from zero
         d = lax.stop_gradient(jnp.clip(((st.shift - running.shift) + st.mean) * rsigma,
                                        -d_max, d_max))
-        y = normalize(x, st, epsilon=self.epsilon, dtype=st.var.dtype) * r + d
+        # (x - mu_B) * (r / sigma_B) + d, then the gain and bias as batch norm applies
+        # them, so r = 1, d = 0 gives batch norm's result bit for bit.
+        y = ((x.astype(st.var.dtype) - st.shift) - st.mean) * (lax.rsqrt(st.var + self.epsilon)
+                                                               * r) + d
         if scale is not None:
             y = y * scale
         if bias is not None:
@@ -865,7 +874,8 @@ def weight_norm(v: Array, g: Array, *, axis: Axes | None = 0,
     red = tuple(i for i in range(v.ndim) if i not in kept)
     feature_shape = tuple(v.shape[a] for a in kept)
     target = tuple(n if i in kept else 1 for i, n in enumerate(v.shape))
-    g = checks.feature_param(g, "g", feature_shape, target, fn=fn)
+    gain = _sharding.match_broadcast(checks.feature_param(g, "g", feature_shape, target, fn=fn),
+                                     v)
     vs = v.astype(checks.stats_dtype(v.dtype))
-    w = vs * lax.rsqrt(jnp.sum(vs * vs, axis=red, keepdims=True) + epsilon) * g
+    w = vs * lax.rsqrt(jnp.sum(vs * vs, axis=red, keepdims=True) + epsilon) * gain
     return w.astype(v.dtype)

@@ -20,6 +20,8 @@ arrays assembled from each host's own devices' slices):
 * :func:`pad_for_devices` -- a global batch that does not divide by the device
   count is padded with weight-0 examples, and the batch-norm statistics are
   masked so the padding counts for nothing (exact, however uneven).
+* :func:`collectives` -- what a program compiled for sharded inputs sends
+  between devices, read from the compiled HLO (exact: no timing involved).
 * :func:`train_epoch` -- a whole epoch as one ``lax.scan`` of
   :func:`lnjax.steps.train_step` inside ``shard_map``: every host passes the
   same global batches and places its own devices' share; gradients summed
@@ -39,8 +41,10 @@ when they carry ``axis_name=None``; the experiments switch with
 from __future__ import annotations
 
 import functools
+import math
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -50,11 +54,102 @@ from jax.sharding import PartitionSpec as P
 
 from lnjax import steps
 
-__all__ = ["AXIS", "host_local", "host_shard", "make_mesh", "pad_for_devices", "replicate",
-           "shard", "train_epoch"]
+__all__ = ["AXIS", "COLLECTIVE_KINDS", "Collective", "collectives", "host_local", "host_shard",
+           "make_mesh", "pad_for_devices", "replicate", "shard", "train_epoch"]
 
 AXIS = "data"
 """The default name of the mesh axis the batch is split along (:func:`make_mesh`)."""
+
+
+COLLECTIVE_KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+                    "collective-permute")
+"""The HLO operations that move data between devices, as :func:`collectives` names them."""
+
+_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+               "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_OP = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(" + "|".join(COLLECTIVE_KINDS)
+                 + r")(-done)?\(")
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
+_WHILE = re.compile(r"\swhile\(.*body=%?([\w.\-]+)")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+class Collective(NamedTuple):
+    """One collective operation of a compiled program.
+
+    ``arrays`` are the ``(dtype, shape)`` of the arrays it produces (an
+    all-reduce of several arrays at once lists each); ``runs`` is how many
+    times one run of the program executes it (more than 1 inside a loop with a
+    known trip count, such as a ``lax.scan``).
+    """
+
+    kind: str  # one of COLLECTIVE_KINDS
+    arrays: tuple[tuple[str, tuple[int, ...]], ...]  # (HLO dtype, shape) of each result
+    runs: int = 1  # executions per run of the program
+
+    @property
+    def elements(self) -> int:
+        """The number of elements it produces once (summed over its arrays)."""
+        return sum(math.prod(shape) for _, shape in self.arrays)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes it produces on each device, once (summed over its arrays)."""
+        return sum(_ITEM_BYTES.get(dtype, 4) * math.prod(shape) for dtype, shape in self.arrays)
+
+    @property
+    def total_bytes(self) -> int:
+        """The bytes it produces on each device over one run of the program."""
+        return self.nbytes * self.runs
+
+
+def collectives(program: Any) -> list[Collective]:
+    """The collectives of a compiled program, in the order its HLO lists them.
+
+    Args:
+      program: a :class:`jax.stages.Compiled` (``jax.jit(f).lower(*args).compile()``)
+        or its HLO text (``.as_text()``).
+
+    Returns:
+      A :class:`Collective` per all-reduce, all-gather, reduce-scatter,
+      all-to-all and collective-permute (asynchronous pairs counted once, by
+      their ``-done``), each with the number of times it runs: the product of
+      the known trip counts of the loops around it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from lnjax import parallel
+      >>> parallel.collectives(jax.jit(jnp.sin).lower(jnp.ones(4)).compile())
+      []
+    """
+    text = program if isinstance(program, str) else program.as_text()
+    found: list[tuple[str, str, tuple]] = []  # (computation, kind, arrays)
+    loops: list[tuple[str, str, int]] = []  # (computation holding the loop, its body, trips)
+    current = ""
+    for line in text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head is not None:
+            current = head.group(1)
+            continue
+        loop = _WHILE.search(line)
+        if loop is not None:
+            known = _TRIP.search(line)
+            loops.append((current, loop.group(1), int(known.group(1)) if known else 1))
+        op = _OP.match(line)
+        if op is None:
+            continue
+        arrays = tuple((dtype, tuple(int(d) for d in dims.split(",") if d))
+                       for dtype, dims in _ARRAY.findall(op.group(1)))
+        found.append((current, op.group(2), arrays))
+    # A loop body runs (trips x the runs of the computation holding the loop).
+    runs: dict[str, int] = {}
+    for _ in range(len(loops) + 1):
+        for parent, body, trips in loops:
+            runs[body] = trips * runs.get(parent, 1)
+    return [Collective(kind, arrays, runs.get(comp, 1)) for comp, kind, arrays in found]
 
 
 def make_mesh(num_devices: int | None = None, *, axis_name: str = AXIS) -> jax.sharding.Mesh:

@@ -55,6 +55,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import checkify
 
+from lnjax import _sharding
 from lnjax.normalization import layer_norm
 
 Array = jax.Array
@@ -73,7 +74,7 @@ __all__ = [
 ]
 
 
-def input_matmul(x: Array, kernel: Array) -> Array:
+def input_matmul(x: Array, kernel: Array, *, merge_leading: bool = True) -> Array:
     """``x @ kernel`` for the input path, arranged for a fast kernel gradient.
 
     The kernel's gradient is ``x^T @ dz`` summed over every leading axis.
@@ -82,14 +83,23 @@ def input_matmul(x: Array, kernel: Array) -> Array:
     strided write, which costs more than the whole layer norm. Multiplying
     ``x^T`` (the small operand, transposed once and held by a barrier so the
     transpose is not folded back) keeps ``dz`` row-major.
+
+    The leading axes are merged into one (XLA:CPU's matmuls are fastest in
+    two dimensions) only where that keeps any sharding: ``merge_leading`` and
+    no leading axis but the first sharded in an Explicit mesh. Otherwise the
+    same product runs over the leading axes as they are.
     """
     lead = x.shape[:-1]
     if len(lead) == 0:
         return x @ kernel
     dtype = jnp.result_type(x, kernel)
-    x_t = lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T.astype(dtype))
-    z = lax.dot_general(x_t, kernel.astype(dtype), (((0,), (0,)), ((), ())))
-    return z.reshape(lead + kernel.shape[-1:])
+    spec = _sharding.explicit_spec(x)
+    if merge_leading and (spec is None or not any(spec[1:])):
+        x_t = lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T.astype(dtype))
+        z = lax.dot_general(x_t, kernel.astype(dtype), (((0,), (0,)), ((), ())))
+        return z.reshape(lead + kernel.shape[-1:])
+    x_t = lax.optimization_barrier(jnp.moveaxis(x, -1, 0).astype(dtype))
+    return lax.dot_general(x_t, kernel.astype(dtype), (((0,), (0,)), ((), ())))
 
 
 def segment_layer_norm(v: Array, scale: Array | None, segments: tuple[int, ...], *,
@@ -160,8 +170,11 @@ class CellSpec:
         gh = self.gates * self.features
         return {"input_scale": ((gh,), "scale"), "recurrent_scale": ((gh,), "scale")}
 
-    def check(self, params: Params, x: Array, carry: Any = None) -> None:
-        """Clear errors for inputs that do not fit the parameters."""
+    def check(self, params: Params, x: Any, carry: Any = None) -> None:
+        """Clear errors for inputs that do not fit the parameters.
+
+        ``x``: one step's input, or anything with its ``shape`` and ``ndim``.
+        """
         expected = params["input_kernel"].shape[0]
         if x.ndim < 1 or x.shape[-1] != expected:
             raise ValueError(
@@ -183,9 +196,13 @@ class CellSpec:
     def carry_shapes(self, batch_shape: tuple[int, ...]) -> Any:
         return batch_shape + (self.features,)
 
-    def input_path(self, params: Params, x: Array) -> Array:
-        """``LN(W_x x) + b`` for every position of ``x`` (the hoistable part)."""
-        z = input_matmul(x, params["input_kernel"])
+    def input_path(self, params: Params, x: Array, *, merge_leading: bool = True) -> Array:
+        """``LN(W_x x) + b`` for every position of ``x`` (the hoistable part).
+
+        ``merge_leading``: whether the input matmul may merge ``x``'s leading
+        axes (see :func:`input_matmul`).
+        """
+        z = input_matmul(x, params["input_kernel"], merge_leading=merge_leading)
         if self.layer_norm:
             z = segment_layer_norm(z, params["input_scale"], self.segments(),
                                    epsilon=self.epsilon)
@@ -325,8 +342,8 @@ class SimpleSpec(CellSpec):
     def _norm_shapes(self):
         return {"scale": ((self.features,), "scale")}
 
-    def input_path(self, params, x):
-        return input_matmul(x, params["input_kernel"])
+    def input_path(self, params, x, *, merge_leading=True):
+        return input_matmul(x, params["input_kernel"], merge_leading=merge_leading)
 
     def step(self, params, carry, xp):
         a = xp + carry @ params["recurrent_kernel"]
@@ -369,9 +386,14 @@ def param_initializers(spec: CellSpec, in_features: int, *, kernel_init: Callabl
 # --------------------------------------------------------------------------
 
 
-def hoisted_inputs(spec: CellSpec, params: Params, xs: Array) -> Array:
-    """The input path for every time step at once: one ``(T*B, in) @ (in, G*H)`` matmul."""
-    return spec.input_path(params, xs)
+def hoisted_inputs(spec: CellSpec, params: Params, xs: Array, *,
+                   merge_leading: bool = True) -> Array:
+    """The input path for every time step at once: one ``(B*T, in) @ (in, G*H)`` matmul.
+
+    ``merge_leading``: whether the leading axes of ``xs`` may be merged into
+    one (see :func:`input_matmul`).
+    """
+    return spec.input_path(params, xs, merge_leading=merge_leading)
 
 
 def masked_scan(step: Callable, carry: Any, xps: Array, *, valid: Array | None = None,
@@ -535,22 +557,35 @@ def sequence(spec: CellSpec, params: Params, xs: Array, carry: Any, *,
       ``features`` hidden units.
     """
     check_sequence_rank(spec.name, xs)
-    if not time_major:
-        xs = jnp.moveaxis(xs, -2, 0)
-    steps, batch_shape = xs.shape[0], xs.shape[1:-1]
-    spec.check(params, xs[0], carry)
+    time_axis = 0 if time_major else xs.ndim - 2
+    # The recurrence runs along time: under sharded jit the time axis is made
+    # whole on every device first (the batch axes keep their sharding), and the
+    # outputs are split along time again as the inputs were.
+    xs, time_sharding = _sharding.gather_axis(xs, time_axis)
+    batch_shape = xs.shape[1:-1] if time_major else xs.shape[:-2]
+    steps = xs.shape[time_axis]
+    spec.check(params, jax.ShapeDtypeStruct(batch_shape + xs.shape[-1:], xs.dtype), carry)
     valid = None
     lengths = None
     if seq_lengths is not None:
         lengths = _check_lengths(seq_lengths, batch_shape, steps, spec.name)
         valid = jnp.arange(steps).reshape((steps,) + (1,) * len(batch_shape)) < lengths
-        xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))  # padding never enters
-    xps = hoisted_inputs(spec, params, xs)
+        ok = valid if time_major else jnp.moveaxis(valid, 0, -1)
+        xs = jnp.where(ok[..., None], xs, jnp.zeros((), xs.dtype))  # padding never enters
+    if time_major:
+        xps = hoisted_inputs(spec, params, xs, merge_leading=False)
+    else:
+        # Batch-major (*batch, T): merging the leading axes keeps a sharded batch
+        # axis whole per device where there is one batch axis.
+        xps = jnp.moveaxis(hoisted_inputs(spec, params, xs,
+                                          merge_leading=len(batch_shape) == 1), -2, 0)
     carry = _varying_like(carry, (xps, params))
+    carry = jax.tree.map(lambda c: _sharding.like_leading(c, xps[0], len(batch_shape)), carry)
     carry, ys = masked_scan(lambda c, xp: spec.step(params, c, xp), carry, xps,
                             valid=valid, reverse=reverse, unroll=unroll)
     if reverse and not keep_order:
         ys = flip_within_lengths(ys, lengths)
     if not time_major:
         ys = jnp.moveaxis(ys, 0, -2)
+    ys = _sharding.shard_axis(ys, time_axis, time_sharding)
     return carry, ys

@@ -271,10 +271,14 @@ def test_errors_name_the_argument():
         "out_dtype": jnp.float32, "backend": "interpret", **kw})
     with pytest.raises(ValueError, match="backend must be one of"):
         f(x, None, None, backend="cuda")
-    with pytest.raises(ValueError, match=r"x must be 2-D .* shape \(24,\)"):
-        f(x.reshape(-1), None, None)
-    with pytest.raises(ValueError, match=r"x must be 2-D .* shape \(2, 2, 6\)"):
-        f(x.reshape(2, 2, 6), None, None)
+    with pytest.raises(ValueError, match=r"num_axes=3 must be between 1 and the rank of x of "
+                                         r"shape \(4, 6\)"):
+        f(x, None, None, num_axes=3)
+    with pytest.raises(ValueError, match=r"num_axes=0"):
+        f(x, None, None, num_axes=0)
+    with pytest.raises(ValueError, match=r"scale of shape \(6,\) does not match x of shape "
+                                         r"\(4, 6\): expected \(4, 6\)"):
+        f(x, jnp.ones(6), None, num_axes=2)
     with pytest.raises(ValueError, match=r"scale of shape \(5,\) does not match x"):
         f(x, jnp.ones(5), None)
     with pytest.raises(ValueError, match=r"bias of shape \(4, 6\) does not match x"):

@@ -118,20 +118,26 @@ def applies(shape: tuple[int, ...], reduction_axes: tuple[int, ...],
 
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
              centered: bool, stats_dtype: Any, out_dtype: Any,
-             implementation: str | None = None) -> Array:
-    """Layer norm (``centered``) or RMS norm of ``(rows, H)`` ``x`` over its last axis.
+             implementation: str | None = None, num_axes: int = 1) -> Array:
+    """Layer norm (``centered``) or RMS norm of ``x`` over its last ``num_axes`` axes.
 
     Args:
-      x: ``(rows, H)`` in the input's dtype.
-      scale, bias: ``(H,)`` arrays, or None.
+      x: ``(..., *F)`` in the input's dtype: any leading axes, then the
+        ``num_axes`` normalized axes ``F``.
+      scale, bias: arrays of shape ``F``, or None.
       epsilon: added to the variance inside the square root.
       centered: ``True`` for layer norm, ``False`` for RMS norm.
       stats_dtype: the dtype the statistics are computed in (float32 or wider).
       out_dtype: the result's dtype.
       implementation: ``None`` (the platform's default), ``"xla"`` or ``"pallas"``.
+      num_axes: how many trailing axes are normalized (default 1).
 
     Returns:
-      ``(rows, H)`` in ``out_dtype``.
+      ``x``'s shape in ``out_dtype``.
+
+    No axis is merged into another: under sharded ``jit`` the leading axes
+    keep whatever sharding they have (batch, sequence), and the normalized
+    axes may be sharded too (see :mod:`lnjax.kernels`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -144,7 +150,7 @@ def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: floa
     has = (scale is not None, bias is not None)
     operands = [a for a in (x, scale, bias) if a is not None]
     kwargs = {"epsilon": float(epsilon), "centered": bool(centered),
-              "stats_dtype": stats_dtype, "out_dtype": out_dtype}
+              "stats_dtype": stats_dtype, "out_dtype": out_dtype, "num_axes": int(num_axes)}
     branches = {p: _branch(kernel(p, implementation), has, **kwargs) for p in DEFAULTS}
     return lax.platform_dependent(*operands, **branches,
                                   default=_branch(kernel("other", implementation), has, **kwargs))

@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -97,7 +98,7 @@ from jax.experimental.pallas import triton as pltriton
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from lnjax.kernels import xla
+from lnjax.kernels import sharded, xla
 
 Array = jax.Array
 
@@ -130,30 +131,38 @@ class _Config:
     out_dtype: Any
     style: str
     interpret: bool
+    num_axes: int = 1  # how many trailing axes of x are normalized
 
 
 # --------------------------------------------------------------------------- the contract
 
 
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
-             centered: bool, stats_dtype: Any, out_dtype: Any, backend: str) -> Array:
-    """Layer norm (``centered``) or RMS norm of 2-D ``x`` over its last axis, in Pallas.
+             centered: bool, stats_dtype: Any, out_dtype: Any, backend: str,
+             num_axes: int = 1) -> Array:
+    """Layer norm (``centered``) or RMS norm of ``x`` over its last ``num_axes`` axes, in Pallas.
 
-    The contract of :func:`lnjax.kernels.row_norm`, differentiable in both modes.
+    The contract of :func:`lnjax.kernels.row_norm`, differentiable in both
+    modes. Under sharded ``jit`` each device runs the kernels on its own rows
+    (:mod:`lnjax.kernels.sharded`); where the normalized axes themselves are
+    sharded, each device runs :mod:`lnjax.kernels.xla`'s maths on its part of
+    every row, completing the row sums with collectives.
 
     Args:
-      x: ``(rows, H)`` in the input dtype (f32, bf16, f16; f64 in interpret mode).
-      scale, bias: ``(H,)`` arrays of any float dtype, or None (``bias`` must be
-        None when ``centered`` is False).
+      x: ``(..., *F)`` in the input dtype (f32, bf16, f16; f64 in interpret
+        mode): any leading axes (the rows), then the ``num_axes`` normalized axes.
+      scale, bias: arrays of shape ``F`` of any float dtype, or None (``bias``
+        must be None when ``centered`` is False).
       epsilon: added to the variance inside the square root.
       centered: ``True`` for layer norm, ``False`` for RMS norm.
       stats_dtype: the dtype of the statistics (float32 for bf16/f16/f32 input).
       out_dtype: the result's dtype.
       backend: one of ``BACKENDS``: ``"triton"`` (GPU), ``"mosaic"`` (TPU),
         ``"interpret"`` / ``"interpret_mosaic"`` (those kernels in interpret mode).
+      num_axes: how many trailing axes are normalized (default 1).
 
     Returns:
-      ``(rows, H)`` in ``out_dtype``.
+      ``x``'s shape in ``out_dtype``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -163,29 +172,34 @@ def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: floa
       [-1.2247, 0.0, 1.2247]
     """
     cfg = _config(x, scale, bias, epsilon=epsilon, centered=centered, stats_dtype=stats_dtype,
-                  out_dtype=out_dtype, backend=backend)
+                  out_dtype=out_dtype, backend=backend, num_axes=num_axes)
     scale, bias = (None if p is None else p.astype(cfg.stats_dtype) for p in (scale, bias))
+    if x.ndim == num_axes:  # a single row: give it a leading axis
+        return _row_norm(x[None], scale, bias, cfg)[0]
     return _row_norm(x, scale, bias, cfg)
 
 
 def _config(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
-            centered: bool, stats_dtype: Any, out_dtype: Any, backend: str) -> _Config:
+            centered: bool, stats_dtype: Any, out_dtype: Any, backend: str,
+            num_axes: int = 1) -> _Config:
     """Checks the arguments (raising errors that name them) and returns the static config."""
     if backend not in _STYLE:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"x must be 2-D (rows, H), got x of shape {jnp.shape(x)}")
-    rows, width = jnp.shape(x)
-    if rows < 1 or width < 1:
-        raise ValueError(f"x must have at least one row and one column, got shape {(rows, width)}")
+    shape = tuple(jnp.shape(x))
+    if not 1 <= num_axes <= len(shape):
+        raise ValueError(f"num_axes={num_axes} must be between 1 and the rank of x of shape "
+                         f"{shape}")
+    if not all(shape):
+        raise ValueError(f"x must have at least one row and one column, got shape {shape}")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(f"x must have a floating dtype, got {jnp.result_type(x)}")
+    feature_shape = shape[len(shape) - num_axes:]
     for name, p in (("scale", scale), ("bias", bias)):
         if p is None:
             continue
-        if jnp.shape(p) != (width,):
+        if tuple(jnp.shape(p)) != feature_shape:
             raise ValueError(f"{name} of shape {jnp.shape(p)} does not match x of shape "
-                             f"{(rows, width)}: expected ({width},)")
+                             f"{shape}: expected {feature_shape}")
         if not jnp.issubdtype(jnp.result_type(p), jnp.floating):
             raise TypeError(f"{name} must have a floating dtype, got {jnp.result_type(p)}")
     if bias is not None and not centered:
@@ -194,7 +208,8 @@ def _config(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float
     if not jnp.issubdtype(stats_dtype, jnp.floating):
         raise TypeError(f"stats_dtype must be a floating dtype, got {stats_dtype}")
     style, interpret = _STYLE[backend]
-    return _Config(float(epsilon), bool(centered), stats_dtype, out_dtype, style, interpret)
+    return _Config(float(epsilon), bool(centered), stats_dtype, out_dtype, style, interpret,
+                   int(num_axes))
 
 
 # --------------------------------------------------------------------------- Triton kernels
@@ -390,28 +405,84 @@ def _mosaic_params():
 
 def forward(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
             centered: bool, stats_dtype: Any, out_dtype: Any, backend: str,
-            save_stats: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
-    """The forward kernel alone (no custom derivative).
+            save_stats: bool = False,
+            num_axes: int = 1) -> Array | tuple[Array, tuple[Array, ...]]:
+    """The forward kernel alone (no custom derivative), per shard under sharded ``jit``.
 
     Args:
-      x: ``(rows, H)`` in the input dtype.
-      scale, bias: ``(H,)`` arrays, or None.
-      epsilon, centered, stats_dtype, out_dtype, backend: as in :func:`row_norm`.
+      x: ``(..., *F)`` in the input dtype (at least one leading axis).
+      scale, bias: arrays of shape ``F``, or None.
+      epsilon, centered, stats_dtype, out_dtype, backend, num_axes: as in
+        :func:`row_norm`.
       save_stats: whether the kernel also writes the per-row statistics.
 
     Returns:
-      ``y`` (``(rows, H)`` in ``out_dtype``), or, when ``save_stats``,
-      ``(y, (shift, mean, rstd))`` with each statistic ``(rows, 1)`` in
-      ``stats_dtype``.
+      ``y`` (``x``'s shape in ``out_dtype``), or, when ``save_stats``,
+      ``(y, (shift, mean, rstd))`` with each statistic of ``x``'s shape with
+      the normalized axes of size 1, in ``stats_dtype``.
     """
     cfg = _config(x, scale, bias, epsilon=epsilon, centered=centered, stats_dtype=stats_dtype,
-                  out_dtype=out_dtype, backend=backend)
+                  out_dtype=out_dtype, backend=backend, num_axes=num_axes)
     scale, bias = (None if p is None else p.astype(cfg.stats_dtype) for p in (scale, bias))
     return _forward(x, scale, bias, cfg, save_stats)
 
 
 def _forward(x: Array, scale: Array | None, bias: Array | None, cfg: _Config,
              save_stats: bool) -> Array | tuple[Array, tuple[Array, ...]]:
+    params = [p for p in (scale, bias) if p is not None]
+    call = sharded.Call(
+        "the Pallas row kernel", _local_forward, _xla_forward,
+        (("cfg", cfg), ("has", (scale is not None, bias is not None)), ("save_stats", save_stats)),
+        cfg.num_axes, ("rows",) + ("params",) * len(params),
+        ("rows",) + ("stats",) * (3 if save_stats else 0))
+    y, *stats = sharded.per_shard(call, x, *params)
+    if not save_stats:
+        return y
+    return y, tuple(_keep_dims(v, cfg.num_axes) for v in stats)
+
+
+def _keep_dims(v: Array, num_axes: int) -> Array:
+    """A per-row statistic of shape ``L`` as ``L + (1,) * num_axes`` (the XLA kernels' form)."""
+    return v.reshape(v.shape + (1,) * num_axes)
+
+
+def _drop_dims(v: Array, num_axes: int) -> Array:
+    return v.reshape(v.shape[:v.ndim - num_axes])
+
+
+def _unpack(params, has):
+    it = iter(params)
+    return tuple(next(it) if h else None for h in has)
+
+
+def _local_forward(x, *params, cfg, has, save_stats, row_axes, feature_axes):
+    """One device's block of the forward: the Pallas kernel on its rows, or, where the
+    normalized axes are sharded, the XLA maths with the row sums completed across devices."""
+    del row_axes  # each row is whole on its device, or completed over feature_axes
+    scale, bias = _unpack(params, has)
+    n = cfg.num_axes
+    if feature_axes:
+        y, stats = xla.forward(x.astype(cfg.stats_dtype), scale, bias, cfg.epsilon, cfg.centered,
+                               cfg.out_dtype, n, axis_name=feature_axes)
+        return (y, *(_drop_dims(v, n) for v in stats)) if save_stats else (y,)
+    lead, width = x.shape[:x.ndim - n], math.prod(x.shape[x.ndim - n:])
+    scale, bias = (None if p is None else p.reshape(width) for p in (scale, bias))
+    out = _kernel_forward(x.reshape(-1, width), scale, bias, cfg, save_stats)
+    return (out[0].reshape(x.shape), *(v.reshape(lead) for v in out[1:]))
+
+
+def _xla_forward(x, *params, cfg, has, save_stats):
+    """The forward in plain XLA (what a mapped parameter under ``vmap`` computes)."""
+    scale, bias = _unpack(params, has)
+    y, stats = xla.forward(x.astype(cfg.stats_dtype), scale, bias, cfg.epsilon, cfg.centered,
+                           cfg.out_dtype, cfg.num_axes)
+    return (y, *(_drop_dims(v, cfg.num_axes) for v in stats)) if save_stats else (y,)
+
+
+def _kernel_forward(x: Array, scale: Array | None, bias: Array | None, cfg: _Config,
+                    save_stats: bool) -> tuple[Array, ...]:
+    """The forward ``pallas_call`` on 2-D ``x`` and ``(H,)`` parameters: ``(y, *stats)``,
+    each statistic ``(rows,)``."""
     rows, width = x.shape
     stats_dtype = cfg.stats_dtype
     params = [p for p in (scale, bias) if p is not None]
@@ -428,7 +499,7 @@ def _forward(x: Array, scale: Array | None, bias: Array | None, cfg: _Config,
             out_shape=[y_shape] + [stat_shape] * (3 if save_stats else 0),
             compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
             interpret=cfg.interpret, name="lnjax_row_norm_fwd")(x, *params)
-        y, stats = out[0], tuple(s[:, None] for s in out[1:])
+        y, stats = out[0], tuple(out[1:])
     else:
         block_r = tpu_block_rows(rows, width)
         row_block = pl.BlockSpec((block_r, width), lambda i: (i, 0))
@@ -445,36 +516,94 @@ def _forward(x: Array, scale: Array | None, bias: Array | None, cfg: _Config,
             compiler_params=_mosaic_params(),
             interpret=cfg.interpret, name="lnjax_row_norm_fwd")(
                 x, *(p.reshape(1, width) for p in params))
-        y, stats = out[0], tuple(out[1:])
-    return (y, stats) if save_stats else y
+        y, stats = out[0], tuple(s[:, 0] for s in out[1:])
+    return (y, *stats)
 
 
 def backward(x: Array, scale: Array | None, shift: Array, mean: Array, rstd: Array, dy: Array,
              *, centered: bool, backend: str, need_dscale: bool = True,
-             need_dbias: bool = True) -> tuple[Array, Array | None, Array | None]:
+             need_dbias: bool = True,
+             num_axes: int = 1) -> tuple[Array, Array | None, Array | None]:
     """The backward kernels alone: ``(dx, dscale, dbias)`` from the cotangent ``dy``.
 
     Args:
-      x: ``(rows, H)`` in the input dtype.
-      scale: ``(H,)`` in the statistics dtype, or None.
-      shift, mean, rstd: ``(rows, 1)`` statistics of the forward kernel.
-      dy: ``(rows, H)``, the cotangent of ``y``.
-      centered, backend: as in :func:`row_norm`.
+      x: ``(..., *F)`` in the input dtype.
+      scale: an array of shape ``F`` in the statistics dtype, or None.
+      shift, mean, rstd: the statistics of :func:`forward` (the normalized axes
+        of size 1).
+      dy: the cotangent of ``y``, of ``x``'s shape.
+      centered, backend, num_axes: as in :func:`row_norm`.
       need_dscale, need_dbias: whether to compute ``dscale`` (the sum over rows
         of ``dy * xhat``) and ``dbias`` (of ``dy``).
 
     Returns:
-      ``dx`` (``(rows, H)`` in ``x``'s dtype), ``dscale`` and ``dbias``
-      (``(H,)`` in the statistics dtype, or None where not asked for).
+      ``dx`` (``x``'s shape and dtype), ``dscale`` and ``dbias`` (of shape
+      ``F`` in the statistics dtype, or None where not asked for).
     """
     cfg = _config(x, scale, None, epsilon=0.0, centered=centered, stats_dtype=rstd.dtype,
-                  out_dtype=dy.dtype, backend=backend)
+                  out_dtype=dy.dtype, backend=backend, num_axes=num_axes)
     return _backward_kernels(x, scale, shift, mean, rstd, dy, cfg, need_dscale, need_dbias)
 
 
 def _backward_kernels(x: Array, scale: Array | None, shift: Array, mean: Array, rstd: Array,
                       dy: Array, cfg: _Config, need_dscale: bool,
                       need_dbias: bool) -> tuple[Array, Array | None, Array | None]:
+    n = cfg.num_axes
+    need = (need_dscale and scale is not None, need_dbias)
+    call = sharded.Call(
+        "the Pallas row kernel", _local_backward, _xla_backward,
+        (("cfg", cfg), ("has_scale", scale is not None), ("need", need)), n,
+        ("rows",) + ("params",) * (scale is not None) + ("stats",) * 3 + ("rows",),
+        ("rows",) + ("params",) * sum(need))
+    operands = [x] + ([scale] if scale is not None else [])
+    operands += [_drop_dims(v, n) for v in (shift, mean, rstd)] + [dy]
+    dx, *sums = sharded.per_shard(call, *operands)
+    ds, db = _unpack(sums, need)
+    return dx, ds, db
+
+
+def _local_backward(x, *ops, cfg, has_scale, need, row_axes, feature_axes):
+    """One device's block of the backward: ``dx`` for its rows and the parameter gradients
+    summed over every device's rows (one collective over ``row_axes``)."""
+    scale, shift, mean, rstd, dy = (ops if has_scale else (None, *ops))
+    n = cfg.num_axes
+    ds: Array | None
+    db: Array | None
+    if feature_axes:
+        dx, ds, db = xla.backward(x.astype(cfg.stats_dtype), scale, _keep_dims(shift, n),
+                                  _keep_dims(mean, n), _keep_dims(rstd, n), dy,
+                                  centered=cfg.centered, num_axes=n, axis_name=feature_axes)
+        dx = dx.astype(x.dtype)
+    else:
+        width = math.prod(x.shape[x.ndim - n:])
+        fshape = x.shape[x.ndim - n:]
+        flat = [v.reshape(-1) for v in (shift, mean, rstd)]
+        dx2, ds, db = _kernel_backward(
+            x.reshape(-1, width), None if scale is None else scale.reshape(width),
+            flat[0], flat[1], flat[2], dy.reshape(-1, width), cfg, need[0], need[1])
+        dx = dx2.reshape(x.shape)
+        ds = None if ds is None else ds.reshape(fshape)
+        db = None if db is None else db.reshape(fshape)
+    sums = [v for v, k in zip((ds, db), need) if k]
+    if row_axes and sums:
+        sums = list(jax.lax.psum(tuple(sums), row_axes))
+    return (dx, *sums)
+
+
+def _xla_backward(x, *ops, cfg, has_scale, need):
+    """The backward in plain XLA (what a mapped call under ``vmap`` computes)."""
+    scale, shift, mean, rstd, dy = (ops if has_scale else (None, *ops))
+    n = cfg.num_axes
+    dx, ds, db = xla.backward(x.astype(cfg.stats_dtype), scale, _keep_dims(shift, n),
+                              _keep_dims(mean, n), _keep_dims(rstd, n), dy,
+                              centered=cfg.centered, num_axes=n)
+    return (dx.astype(x.dtype), *(v for v, k in zip((ds, db), need) if k))
+
+
+def _kernel_backward(x: Array, scale: Array | None, shift: Array, mean: Array, rstd: Array,
+                     dy: Array, cfg: _Config, need_dscale: bool,
+                     need_dbias: bool) -> tuple[Array, Array | None, Array | None]:
+    """The backward ``pallas_call`` on 2-D ``x``, ``(rows,)`` statistics: ``(dx, ds, db)``."""
     rows, width = x.shape
     stats_dtype = cfg.stats_dtype
     params = [] if scale is None else [scale]
@@ -493,7 +622,7 @@ def _backward_kernels(x: Array, scale: Array | None, shift: Array, mean: Array, 
             out_shape=[dx_shape] + [partial_shape] * n_partials,
             compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=2),
             interpret=cfg.interpret, name="lnjax_row_norm_bwd")(
-                x, *params, *(s[:, 0] for s in (shift, mean, rstd)), dy)
+                x, *params, shift, mean, rstd, dy)
     else:
         block_r = tpu_block_rows(rows, width)
         programs = pl.cdiv(rows, block_r)
@@ -511,7 +640,8 @@ def _backward_kernels(x: Array, scale: Array | None, shift: Array, mean: Array, 
             out_shape=[dx_shape] + [partial_shape] * n_partials,
             compiler_params=_mosaic_params(),
             interpret=cfg.interpret, name="lnjax_row_norm_bwd")(
-                x, *(p.reshape(1, width) for p in params), shift, mean, rstd, dy)
+                x, *(p.reshape(1, width) for p in params),
+                *(v[:, None] for v in (shift, mean, rstd)), dy)
     dx, partials = out[0], [p.reshape(programs, width) for p in out[1:]]
     dscale = jnp.sum(partials.pop(0), axis=0) if need_dscale else None
     dbias = jnp.sum(partials.pop(0), axis=0) if need_dbias else None
@@ -547,7 +677,7 @@ def _forward_saving_stats(x, scale, bias, cfg):
 def _forward_saving_stats_jvp(cfg, primals, tangents):
     out = _forward_saving_stats(*primals, cfg)
     _, t_out = jax.jvp(lambda v, s, b: xla.forward(v.astype(cfg.stats_dtype), s, b, cfg.epsilon,
-                                                   cfg.centered, cfg.out_dtype),
+                                                   cfg.centered, cfg.out_dtype, cfg.num_axes),
                        primals, tangents)
     return out, t_out
 
@@ -572,7 +702,7 @@ def _tangent_reference(*args, cfg, has_scale, has_bias):
     """The output tangent by :func:`lnjax.kernels.xla.tangent` (linear in the last operands)."""
     x, scale, shift, mean, rstd, tx, tscale, tbias = _split(args, has_scale, has_bias)
     return xla.tangent(x.astype(cfg.stats_dtype), scale, shift, mean, rstd, tx, tscale, tbias,
-                       centered=cfg.centered, out_dtype=cfg.out_dtype)
+                       centered=cfg.centered, out_dtype=cfg.out_dtype, num_axes=cfg.num_axes)
 
 
 row_norm_tangent_p = Primitive("row_norm_tangent")
@@ -641,13 +771,12 @@ def _backward_jvp(cfg, need, primals, tangents):
 
 def _backward_reference(x, scale, shift, mean, rstd, dy, *, cfg, need):
     """The transpose of :func:`lnjax.kernels.xla.tangent`: the XLA twin of :func:`_backward`."""
-    width = x.shape[1]
+    fshape = x.shape[x.ndim - cfg.num_axes:]
     zeros: tuple[Array | None, ...] = (
-        jnp.zeros_like(x), jnp.zeros((width,), cfg.stats_dtype),
-        jnp.zeros((width,), cfg.stats_dtype))
+        jnp.zeros_like(x), jnp.zeros(fshape, cfg.stats_dtype), jnp.zeros(fshape, cfg.stats_dtype))
     has = (True, scale is not None and need[1], need[2])
     zeros = tuple(z if h else None for z, h in zip(zeros, has))
     _, vjp = jax.vjp(lambda tx, ts, tb: xla.tangent(
         x.astype(cfg.stats_dtype), scale, shift, mean, rstd, tx, ts, tb,
-        centered=cfg.centered, out_dtype=dy.dtype), *zeros)
+        centered=cfg.centered, out_dtype=dy.dtype, num_axes=cfg.num_axes), *zeros)
     return vjp(dy)

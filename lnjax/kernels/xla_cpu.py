@@ -1,9 +1,11 @@
-"""The XLA:CPU-tuned row kernel: layer norm and RMS norm of ``(rows, H)`` as one ``custom_jvp``.
+"""The XLA:CPU-tuned row kernel: layer norm and RMS norm over trailing axes as one ``custom_jvp``.
 
-Implements the contract of :mod:`lnjax.kernels` (``row_norm``). The
-statistics are those of :func:`lnjax.normalization.moments`: the shift is the
-rough mean of the row (the sum of ``x`` / H); the sums of ``d = x - shift``
-and ``d**2`` give the mean and variance exactly.
+Implements the contract of :mod:`lnjax.kernels` (``row_norm``) for ``x`` of
+shape ``(..., *F)``, normalized over its trailing axes ``F`` (any leading
+axes, none merged into another). The statistics are those of
+:func:`lnjax.normalization.moments`: the shift is the rough mean of the row
+(the sum of ``x`` / H); the sums of ``d = x - shift`` and ``d**2`` give the
+mean and variance exactly.
 
 Derivatives: a ``custom_jvp`` whose tangent is linear in the tangents::
 
@@ -15,53 +17,44 @@ JAX transposes it into the analytic backward; forward mode, ``jacfwd`` and
 ``jax.checkpoint``: reverse mode saves ``x``, ``scale`` and three numbers per
 row (shift, mean, reciprocal std) and recomputes ``xh`` in the backward pass.
 
-Tricks for XLA:CPU, each measured on the 2-core x86-64 CPU this project
-develops on (jax 0.10.2); they are not meant for GPU or TPU, where they block
-fusions:
+Tricks for XLA:CPU (they block fusions on GPU and TPU, which take
+:mod:`lnjax.kernels.xla` instead); ``python -m benchmarks.run`` measures the
+kernel against flax:
 
 * **Per-use copies of per-row values** (:func:`per_use`,
   ``optimization_barrier``): for arrays of at least ``SPLIT_USES_FROM``
   elements, every use of a per-row value gets its own copy, so that XLA:CPU
-  cannot merge the broadcasts into one materialized ``(rows, H)`` buffer.
+  cannot merge the broadcasts into one materialized buffer of ``x``'s size.
   Below that size the uses share one value and XLA fuses freely (kernel
   launches dominate small arrays, e.g. inside the LN-LSTM's ``lax.scan``).
-* **Outer products as matmuls** (:func:`outer`): in the tangent, the terms
-  that broadcast a per-row or per-column value are written as ``u[:, None] @
-  v[None, :]``, so that their transposes in the backward pass are
-  matrix-vector products over ``dy`` and over ``q = dy * xh`` (computed once),
-  XLA:CPU's fastest reductions.
+* **Per-row outer products as matmuls** (:func:`outer`): in the tangent, the
+  terms that broadcast a per-row value along the row are written as a
+  ``dot_general`` of the per-row vector with a vector of ones, so that their
+  transposes in the backward pass are matrix-vector products, XLA:CPU's
+  fastest row reductions. The per-column terms
+  (``dscale``, ``dbias``) stay plain sums over the leading axes: a matmul
+  contracting several leading axes makes XLA:CPU transpose the whole array
+  first, and under sharded ``jit`` a plain sum is what the partitioner turns
+  into one all-reduce of the parameters' size.
 * **One reduction for the shift**: the shift is the output of a single
   reduction with nothing after it that a consumer could recompute and round
   differently, so every use sees one value.
 
-Measured effect of the first two (one switch, ``SPLIT_USES_FROM``, turns both
-on; set it beyond the array size to turn them off), f32, scale and bias,
-medians of 15 interleaved rounds on the 2-core x86-64 CPU, jax 0.10.2
-(2026-11-26):
-
-==============  =======  ==========  ===========  ==========
-shape           pass     tricks on   tricks off   off / on
-==============  =======  ==========  ===========  ==========
-4096 x 1024     fwd       2.41 ms     2.32 ms      0.97
-4096 x 1024     fwd+bwd   9.21 ms    24.49 ms      2.66
-16384 x 256     fwd       2.52 ms     2.52 ms      1.00
-16384 x 256     fwd+bwd   8.02 ms    23.21 ms      2.89
-1024 x 8192     fwd      19.80 ms    20.39 ms      1.03
-1024 x 8192     fwd+bwd  31.27 ms    52.49 ms      1.68
-==============  =======  ==========  ===========  ==========
-
-They leave the forward pass as it is and make the backward 1.7-2.9x faster,
-so they stay for XLA:CPU.
+``SPLIT_USES_FROM`` switches the first two on; set it beyond the array size
+to turn them off. They leave the forward pass as it is and make the backward
+pass faster by a factor of about two to three on large arrays.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lnjax import _sharding
 from lnjax.kernels import xla
 
 Array = jax.Array
@@ -79,27 +72,29 @@ def per_use(a: Array, n: int, split: bool) -> tuple[Array, ...]:
     return (lax.optimization_barrier(a),) * n
 
 
-def row_stats(x: Array, *, epsilon: float, centered: bool) -> tuple[Array, Array, Array]:
-    """Per-row ``(shift, mean, rstd)`` of a 2-D ``x``, each of shape ``(rows, 1)``."""
-    h = x.shape[-1]
+def row_stats(x: Array, *, epsilon: float, centered: bool,
+              num_axes: int = 1) -> tuple[Array, Array, Array]:
+    """Per-row ``(shift, mean, rstd)`` of ``x`` over its last ``num_axes`` axes (kept as size 1)."""
+    axes = xla.trailing_axes(x, num_axes)
+    inv_h = 1.0 / math.prod(x.shape[a] for a in axes)
     if not centered:
-        zero = jnp.zeros(x.shape[:1] + (1,), x.dtype)
-        rstd = lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) * (1.0 / h) + epsilon)
+        rstd = lax.rsqrt(jnp.sum(x * x, axes, keepdims=True) * inv_h + epsilon)
+        zero = jnp.zeros_like(rstd)
         return zero, zero, rstd
     # The shift is the output of one reduction (with no operation after it that
     # a consumer could recompute and round differently), so every use sees one
     # value; XLA may fuse it with the sums below into a single kernel.
-    shift = lax.stop_gradient(jnp.sum(x * (1.0 / h), -1, keepdims=True))
+    shift = lax.stop_gradient(jnp.sum(x * inv_h, axes, keepdims=True))
     s_sum, s_sq = per_use(shift, 2, True)  # shared, x - shift would be materialized
-    mean = jnp.sum(x - s_sum, -1, keepdims=True) * (1.0 / h)
+    mean = jnp.sum(x - s_sum, axes, keepdims=True) * inv_h
     d = x - s_sq
-    var = jnp.maximum(jnp.sum(d * d, -1, keepdims=True) * (1.0 / h) - mean * mean, 0)
+    var = jnp.maximum(jnp.sum(d * d, axes, keepdims=True) * inv_h - mean * mean, 0)
     return shift, mean, lax.rsqrt(var + epsilon)
 
 
-def forward(x, scale, bias, epsilon, centered, out_dtype):
-    """``(y, (shift, mean, rstd))`` for 2-D ``x`` in the statistics dtype."""
-    shift, mean, rstd = row_stats(x, epsilon=epsilon, centered=centered)
+def forward(x, scale, bias, epsilon, centered, out_dtype, num_axes=1):
+    """``(y, (shift, mean, rstd))`` for ``x`` in the statistics dtype."""
+    shift, mean, rstd = row_stats(x, epsilon=epsilon, centered=centered, num_axes=num_axes)
     split = x.size >= SPLIT_USES_FROM
     (r,) = per_use(rstd, 1, split)
     if centered:
@@ -115,19 +110,24 @@ def forward(x, scale, bias, epsilon, centered, out_dtype):
 
 
 def outer(u: Array, v: Array) -> Array:
-    """``u[:, None] * v[None, :]`` as a matmul: its transpose is a matrix-vector product."""
-    return u[:, None] @ v[None, :]
+    """``u (x) v`` (of shape ``u.shape + v.shape``) as a ``dot_general``.
+
+    Its transposes are matrix-vector products: over the trailing axes (a
+    per-row result) and over the leading ones (a per-column result).
+    """
+    return lax.dot_general(u[..., None], v[None, ...], (((u.ndim,), (0,)), ((), ())))
 
 
-def tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *, centered, out_dtype):
+def tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *, centered, out_dtype, num_axes=1):
     """The output tangent: linear in ``(tx, tscale, tbias)``.
 
-    For large arrays the terms that broadcast a per-row or per-column tangent
-    are written as outer products (matmuls), so that their transposes in the
-    backward pass are matrix-vector products over ``dy`` and over
-    ``q = dy * xhat`` (computed once), XLA:CPU's fastest reductions.
+    For large arrays the terms that broadcast a per-row tangent along the row
+    are written as outer products with a vector of ones (matmuls), so that
+    their transposes in the backward pass are matrix-vector products,
+    XLA:CPU's fastest row reductions.
     """
-    h = x.shape[-1]
+    axes = xla.trailing_axes(x, num_axes)
+    inv_h = 1.0 / math.prod(x.shape[a] for a in axes)
     tx = tx.astype(x.dtype)
     tscale = None if tscale is None else tscale.astype(x.dtype)
     tbias = None if tbias is None else tbias.astype(x.dtype)
@@ -141,27 +141,30 @@ def tangent(x, scale, shift, mean, rstd, tx, tscale, tbias, *, centered, out_dty
     def gain(i):
         return r[i] if scale is None else g[i] * r[i]
 
-    c = jnp.sum(tx * xhat(0), -1, keepdims=True) * (1.0 / h)  # mean_j tx xhat
+    c = jnp.sum(tx * xhat(0), axes, keepdims=True) * inv_h  # mean_j tx xhat
     if not split:
         if centered:
-            tx = tx - jnp.sum(tx, -1, keepdims=True) * (1.0 / h)
-        ty = gain(1) * tx - gain(2) * xhat(2) * c
+            tx = tx - jnp.sum(tx, axes, keepdims=True) * inv_h
+        # One product with the gain (under sharded jit, one gather of an FSDP gain).
+        ty = gain(1) * (tx - xhat(2) * c)
         if tscale is not None:
             ty = ty + xhat(3) * tscale
         return (ty if tbias is None else ty + tbias).astype(out_dtype)
-    # ty = g r tx - (r a) (x) g + xhat * (1 (x) tscale - (r c) (x) g) + 1 (x) tbias
-    ones = jnp.ones(x.shape[:1], x.dtype)
-    gvec = jnp.ones((h,), x.dtype) if scale is None else g[2]
-    rstd_row = rstd[:, 0]
-    ty = gain(1) * tx
+    # ty = g * (r tx - (r a) (x) 1 - xhat * ((r c) (x) 1)) + xhat * tscale + tbias.
+    # The gain multiplies once, outside the matmuls: under sharded jit a gain
+    # sharded otherwise than x (FSDP) is then gathered once per pass, as in
+    # plain code, not once per matmul. The ones take x's sharding (Explicit).
+    ones = _sharding.full_like_axes(x, axes, 1.0)
+    rstd_row = jnp.squeeze(rstd, axes)
+    inner = r[1] * tx
     if centered:
-        ty = ty + outer(-(rstd_row * (jnp.sum(tx, -1) * (1.0 / h))), gvec)
-    cross = outer(-(rstd_row * c[:, 0]), gvec)
+        inner = inner + outer(-(rstd_row * (jnp.sum(tx, axes) * inv_h)), ones)
+    inner = inner + xhat(2) * outer(-(rstd_row * jnp.squeeze(c, axes)), ones)
+    ty = inner if scale is None else g[1] * inner
     if tscale is not None:
-        cross = cross + outer(ones, tscale)
-    ty = ty + xhat(2) * cross
+        ty = ty + xhat(3) * tscale
     if tbias is not None:
-        ty = ty + outer(ones, tbias)
+        ty = ty + tbias
     return ty.astype(out_dtype)
 
 
@@ -169,10 +172,10 @@ _row_norm = xla.custom_row_norm(forward, tangent, prevent_cse=True)
 
 
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
-             centered: bool, stats_dtype: Any, out_dtype: Any) -> Array:
-    """Layer norm (``centered``) or RMS norm of 2-D ``x`` over its last axis.
+             centered: bool, stats_dtype: Any, out_dtype: Any, num_axes: int = 1) -> Array:
+    """Layer norm (``centered``) or RMS norm of ``x`` over its last ``num_axes`` axes.
 
     The contract of :func:`lnjax.kernels.row_norm`.
     """
     return _row_norm(x, scale, bias, epsilon=epsilon, centered=centered,
-                     stats_dtype=stats_dtype, out_dtype=out_dtype)
+                     stats_dtype=stats_dtype, out_dtype=out_dtype, num_axes=num_axes)
