@@ -15,6 +15,7 @@ The names here are public to the package (this module is private to it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, overload
 
@@ -129,7 +130,7 @@ def gather_axis(x: Array, axis: int) -> tuple[Array, MeshAxes]:
     Explicit mesh this is a ``reshard``; in an Auto mesh set with
     :func:`jax.set_mesh` a sharding constraint that leaves the other axes to
     the partitioner. Returns the array and the Explicit mesh axes that
-    sharded ``axis`` (for :func:`shard_axis` to restore).
+    sharded ``axis``.
     """
     spec = explicit_spec(x)
     if spec is not None:
@@ -144,16 +145,6 @@ def gather_axis(x: Array, axis: int) -> tuple[Array, MeshAxes]:
     entries: list[Any] = [P.UNCONSTRAINED] * x.ndim
     entries[axis] = None
     return lax.with_sharding_constraint(x, P(*entries)), ()
-
-
-def shard_axis(y: Array, axis: int, mesh_axes: MeshAxes) -> Array:
-    """``y`` with ``axis`` sharded over ``mesh_axes`` again (Explicit meshes; a slice)."""
-    spec = explicit_spec(y)
-    if not mesh_axes:
-        return y
-    new: list[MeshAxes] = list(spec) if spec is not None else [()] * y.ndim
-    new[axis] = mesh_axes
-    return jax.sharding.reshard(y, spec_of(new))
 
 
 def like_leading(v: Array, x: Array, ndims: int) -> Array:
@@ -191,3 +182,56 @@ def match_broadcast(p: Array | None, x: Array) -> Array | None:
                  for i in range(p.ndim))
     have = pspec or ((),) * p.ndim
     return p if tuple(have) == want else jax.sharding.reshard(p, spec_of(want))
+
+
+def dense_operands(x: Array, w: Array) -> tuple[Array, Array]:
+    """``x`` and a ``(in, out)`` kernel resharded for ``x @ w`` (Explicit meshes; else as they are).
+
+    The kernel's output axis keeps the mesh axes ``x`` does not use; an FSDP
+    kernel is gathered along its input axis, as plain code gathers it before
+    use. Where ``x``'s features are sharded, the product either contracts them
+    sharded and all-reduces the output (row-parallel), or gathers ``x``'s
+    features and the kernel first: whichever moves fewer bytes (an all-reduce
+    moves about twice its array).
+    """
+    xspec, wspec = explicit_spec(x), explicit_spec(w)
+    if xspec is None and wspec is None:
+        return x, w
+    xspec = xspec or ((),) * x.ndim
+    wspec = wspec or ((),) * w.ndim
+    used = {name for axes in xspec for name in axes}
+    w_out = tuple(n for n in wspec[-1] if n not in used)
+    w_in = xspec[-1]
+    if w_in:
+        rows = math.prod(x.shape[:-1])
+        if x.size + w.size <= 2 * rows * w.shape[-1]:
+            x = jax.sharding.reshard(x, spec_of(list(xspec[:-1]) + [()]))
+            w_in = ()
+    want = (w_in, w_out)
+    return x, (w if tuple(wspec) == want else jax.sharding.reshard(w, spec_of(want)))
+
+
+def matmul(x: Array, w: Array, *, precision: Any = None) -> Array:
+    """``x @ w`` for operands from :func:`dense_operands`: in an Explicit mesh the output is
+    sharded as ``x``'s leading axes and ``w``'s output axis (a sharded contraction is
+    all-reduced)."""
+    xspec, wspec = explicit_spec(x), explicit_spec(w)
+    if xspec is None and wspec is None:
+        return jnp.matmul(x, w, precision=precision)
+    xspec = xspec or ((),) * x.ndim
+    w_out = (wspec or ((),) * w.ndim)[-1]
+    out = spec_of(list(xspec[:-1]) + [w_out])
+    return jnp.matmul(x, w, precision=precision, out_sharding=out)
+
+
+def gathered(tree: Any) -> Any:
+    """Every array of ``tree`` whole on every device (Explicit meshes; else as it is).
+
+    For parameters used where no axis of theirs lines up with the input's (a
+    recurrent cell's kernels, scanned over time): an FSDP-sharded parameter is
+    gathered once, before use, as plain code gathers it.
+    """
+    def one(v: Any) -> Any:
+        spec = explicit_spec(v)
+        return v if spec is None else jax.sharding.reshard(v, P())
+    return jax.tree.map(one, tree)

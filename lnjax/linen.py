@@ -20,6 +20,7 @@ from flax.linen import dtypes
 from jax.nn import initializers
 
 from lnjax import _checks as checks
+from lnjax import _sharding
 from lnjax import recurrent as R
 from lnjax.normalization import NormSpec, Renorm, check_renorm_limits, weight_norm
 
@@ -508,10 +509,13 @@ class WeightNormDense(nn.Module):
         scale = self.param("scale", self.scale_init, (self.features,), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
+        # Under sharded jit the kernel is gathered first (if FSDP shards it), as plain
+        # code does, so the norms of its columns need no collective.
+        x, kernel = _sharding.dense_operands(jnp.asarray(x), kernel)
         w = weight_norm(kernel, scale, axis=-1, epsilon=self.epsilon)
         x, w, bias = dtypes.promote_dtype(x, w, bias, dtype=self.dtype)
-        y = jnp.matmul(x, w, precision=self.precision)
-        return y if bias is None else y + bias
+        y = _sharding.matmul(x, w, precision=self.precision)
+        return y if bias is None else y + _sharding.match_broadcast(bias, y)
 
 
 # --------------------------------------------------------------------------

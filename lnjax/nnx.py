@@ -19,6 +19,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from lnjax import _checks as checks
+from lnjax import _sharding
 from lnjax import recurrent as R
 from lnjax.normalization import NormSpec, Renorm, check_renorm_limits, weight_norm
 
@@ -519,10 +520,13 @@ class WeightNormLinear(nnx.Module):
 
     def __call__(self, x):
         """Applies the weight-normalized affine map to the last axis of ``x``."""
-        w = weight_norm(self.kernel[...], self.scale[...], axis=-1, epsilon=self.epsilon)
+        # Under sharded jit the kernel is gathered first (if FSDP shards it), as plain
+        # code does, so the norms of its columns need no collective.
+        x, kernel = _sharding.dense_operands(jnp.asarray(x), self.kernel[...])
+        w = weight_norm(kernel, self.scale[...], axis=-1, epsilon=self.epsilon)
         x, w, bias = dtypes.promote_dtype((x, w, _value(self.bias)), dtype=self.dtype)
-        y = jnp.matmul(x, w, precision=self.precision)
-        return y if bias is None else y + bias
+        y = _sharding.matmul(x, w, precision=self.precision)
+        return y if bias is None else y + _sharding.match_broadcast(bias, y)
 
 
 # --------------------------------------------------------------------------

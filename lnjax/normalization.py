@@ -209,9 +209,12 @@ def normalize(x: Array, stats: Moments, *, epsilon: float, scale: Array | None =
     """
     cdtype = jnp.result_type(stats.shift, stats.var)
     xs = x.astype(cdtype)
-    y = ((xs - stats.shift) - stats.mean) * lax.rsqrt(stats.var + epsilon)
+    # As flax does: the gain folds into the reciprocal standard deviation before it
+    # meets x (one product per element).
+    factor = lax.rsqrt(stats.var + epsilon)
     if scale is not None:
-        y = y * scale
+        factor = factor * scale
+    y = ((xs - stats.shift) - stats.mean) * factor
     if bias is not None:
         y = y + bias
     return y.astype(x.dtype if dtype is None else dtype)
@@ -314,6 +317,7 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name)
         checks.check_epsilon(epsilon, fn=name)
+        _sharding.check_axis_name(axis_name, fn=name)
         kernels.check_implementation(implementation, fn=name)
         red = canonicalize_axes(x.ndim, reduction_axes, fn=name, name=arg_names[0],
                                 shape=x.shape)
@@ -338,6 +342,7 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name)
         checks.check_epsilon(epsilon, fn=name)
+        _sharding.check_axis_name(axis_name, fn=name)
         feat = canonicalize_axes(x.ndim, feature_axes, fn=name, name="feature_axes",
                                  shape=x.shape)
         if 0 in feat:
@@ -368,6 +373,7 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name)
         checks.check_epsilon(epsilon, fn=name)
+        _sharding.check_axis_name(axis_name, fn=name)
         if x.ndim < 2:
             raise ValueError(f"{name}: x must have a batch and a channel axis, got shape "
                              f"{x.shape}.")
@@ -401,6 +407,7 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name, complex_ok=True)
         checks.check_epsilon(epsilon, fn=name)
+        _sharding.check_axis_name(axis_name, fn=name)
         if feature_axes is None:
             if reduction_axes is None:  # canonicalize_axes's own message for axis=None
                 raise TypeError(f"{name}: axis=None must be an int or a tuple of ints.")
@@ -532,8 +539,9 @@ class NormSpec:
         """
         if st is None:
             raise ValueError(f"{self.name}: no statistics to reshape (apply formed none).")
-        return ((st.shift + st.mean).reshape(self.feature_shape),
-                st.var.reshape(self.feature_shape))
+        # Squeezed, not reshaped: the statistics keep the sharding of x's feature axes.
+        red = self.reduction_axes
+        return jnp.squeeze(st.shift + st.mean, red), jnp.squeeze(st.var, red)
 
     def _apply_groups(self, x, scale, bias, mask, out_dtype):
         """Group norm: the channels split into groups, each normalized over its own axes."""

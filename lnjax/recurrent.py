@@ -222,6 +222,7 @@ class CellSpec:
     def cell(self, params: Params, carry: Any, x: Array) -> tuple[Any, Array]:
         """One time step from the raw input ``x``."""
         self.check(params, x, carry)
+        params = _sharding.gathered(params)  # an FSDP-sharded parameter, gathered before use
         return self.step(params, carry, self.input_path(params, x))
 
 
@@ -560,8 +561,9 @@ def sequence(spec: CellSpec, params: Params, xs: Array, carry: Any, *,
     time_axis = 0 if time_major else xs.ndim - 2
     # The recurrence runs along time: under sharded jit the time axis is made
     # whole on every device first (the batch axes keep their sharding), and the
-    # outputs are split along time again as the inputs were.
-    xs, time_sharding = _sharding.gather_axis(xs, time_axis)
+    # parameters too (an FSDP-sharded kernel is gathered once, not every step).
+    xs, _ = _sharding.gather_axis(xs, time_axis)
+    params = _sharding.gathered(params)
     batch_shape = xs.shape[1:-1] if time_major else xs.shape[:-2]
     steps = xs.shape[time_axis]
     spec.check(params, jax.ShapeDtypeStruct(batch_shape + xs.shape[-1:], xs.dtype), carry)
@@ -587,5 +589,4 @@ def sequence(spec: CellSpec, params: Params, xs: Array, carry: Any, *,
         ys = flip_within_lengths(ys, lengths)
     if not time_major:
         ys = jnp.moveaxis(ys, 0, -2)
-    ys = _sharding.shard_axis(ys, time_axis, time_sharding)
     return carry, ys

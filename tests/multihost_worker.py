@@ -1,6 +1,7 @@
 """One process of a two-process ``training.fit`` run, started by tests/test_multihost.py.
 
     python tests/multihost_worker.py PROCESS_ID PORT CHECKPOINT_DIR OUT_DIR
+    python tests/multihost_worker.py PROCESS_ID PORT sharded OUT_DIR
 
 Two of these (process ids 0 and 1, 2 CPU devices each through ``XLA_FLAGS``)
 join with ``jax.distributed`` over localhost and train a small MLP with
@@ -10,6 +11,14 @@ Prints ``ready`` before training and ``epoch N`` after each epoch (flushed, for
 the test to time its kills); process 0 writes the final parameters and
 history to ``OUT_DIR``. The test imports :func:`model`, :func:`data` and
 :data:`FIT` to train the same run in one process.
+
+With ``sharded`` in place of the checkpoint folder, the pair instead trains a
+pre-LN Transformer block (lnjax's LayerNorm) under sharded ``jax.jit`` on a
+2 x 2 mesh of the four devices (batch over ``"data"``, attention heads and MLP
+units over ``"model"``) for :data:`SHARDED_STEPS` SGD steps; each process
+places its own shards of the global arrays, and process 0 writes the losses
+and the gathered parameters. The test trains :func:`sharded_run` in one
+process on four devices and compares.
 """
 
 from __future__ import annotations
@@ -64,10 +73,71 @@ def model_state() -> training.TrainState:
                                                        takes_mask=True))()
 
 
+SHARDED_STEPS = 3
+
+
+def sharded_mesh(devices: list) -> jax.sharding.Mesh:
+    """The 2 x 2 ``("data", "model")`` mesh of four devices."""
+    return jax.make_mesh((2, 2), ("data", "model"), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def sharded_run(mesh: jax.sharding.Mesh) -> tuple[list[np.ndarray], list[float]]:
+    """:data:`SHARDED_STEPS` SGD steps of the Transformer block on ``mesh``: the final
+    parameters (whole, as NumPy arrays) and the losses. Each process places only its own
+    devices' shards (a cross-host ``device_put`` is not supported on CPU)."""
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from benchmarks import sharding as bench
+
+    rng = np.random.default_rng(0)
+    x = (3 + rng.standard_normal((8, 16, 32))).astype(np.float32)
+    y = rng.standard_normal((8, 16, 32)).astype(np.float32)
+    model = bench.Block(lnn.LayerNorm)
+    with jax.default_device(jax.local_devices()[0]):  # each process its own copy
+        params = jax.device_get(jax.jit(model.init)(jax.random.key(0), x))
+    specs = bench.param_specs(params, "tensor", {"model": "model"})
+
+    def place(a, spec):
+        return jax.make_array_from_callback(a.shape, NamedSharding(mesh, spec),
+                                            lambda index: a[index])
+
+    params = jax.tree.map(place, params, specs)
+    xs, ys = place(x, P("data")), place(y, P("data"))
+    tx = optax.sgd(0.1)
+    opt_state = jax.jit(tx.init)(params)
+    shardings = jax.tree.map(lambda a: a.sharding, (params, opt_state))
+    with jax.set_mesh(mesh):
+        step = jax.jit(bench.train_step(model, tx), out_shardings=(*shardings, None))
+        losses = []
+        for _ in range(SHARDED_STEPS):
+            params, opt_state, loss = step(params, opt_state, xs, ys)
+            losses.append(float(np.asarray(loss.addressable_data(0))))
+    whole = multihost_utils.process_allgather(params, tiled=True)
+    return [np.asarray(a) for a in jax.tree.leaves(whole)], losses
+
+
+def sharded_main(pid: int, out: str) -> None:
+    mesh = sharded_mesh(jax.devices())
+    assert jax.process_count() == 2 and mesh.devices.size == 4, (jax.process_count(), mesh)
+    print("ready", flush=True)
+    leaves, losses = sharded_run(mesh)
+    if pid == 0:
+        np.savez(os.path.join(out, "sharded.npz"), *leaves)
+        with open(os.path.join(out, "sharded_losses.json"), "w") as f:
+            json.dump(losses, f)
+    print("done", flush=True)
+
+
 def main(pid: int, port: str, checkpoint_dir: str, out: str) -> None:
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
                                process_id=pid, heartbeat_timeout_seconds=HEARTBEAT_S,
                                shutdown_timeout_seconds=SHUTDOWN_S, initialization_timeout=60)
+    if checkpoint_dir == "sharded":
+        sharded_main(pid, out)
+        return
     mesh = parallel.make_mesh()
     assert jax.process_count() == 2 and mesh.devices.size == 4, (jax.process_count(), mesh)
     train, validation = data()

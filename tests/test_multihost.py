@@ -1,6 +1,8 @@
 """Two real processes (jax.distributed over localhost, 2 CPU devices each, gloo) running
 ``training.fit`` with a shared checkpoint folder: equal to one process with 4 devices,
 a killed process stops its peer, and a restarted pair resumes to the uninterrupted result.
+And a Transformer block with lnjax's LayerNorm trained under sharded ``jax.jit`` across
+the two processes, equal to one process with 4 devices.
 
 Each process is tests/multihost_worker.py. The workers share a persistent compilation
 cache (a test-session folder) so that restarts do not compile again.
@@ -232,3 +234,19 @@ def test_random_kills_each_resume_to_the_uninterrupted_result(uninterrupted, cac
         assert epochs[:1] in ([], [intact + 1])
     assert resumed[-1][1] == list(range(resumed[-1][0] + 1, worker.EPOCHS + 1))
     assert_same_run(result(out), uninterrupted)
+
+
+def test_sharded_jit_across_two_processes_equals_one_process_with_four_devices(cache,
+                                                                                tmp_path):
+    """The Transformer block (lnjax.linen.LayerNorm) on a 2 x 2 ("data", "model") mesh that
+    spans both processes: the same losses and final parameters as on four devices of one."""
+    pair = Pair("sharded", tmp_path, cache)
+    finish(pair)
+    got = np.load(tmp_path / "sharded.npz")
+    leaves = [got[f"arr_{k}"] for k in range(len(got.files))]
+    losses = json.loads((tmp_path / "sharded_losses.json").read_text())
+    expect_leaves, expect_losses = worker.sharded_run(worker.sharded_mesh(jax.devices()[:4]))
+    np.testing.assert_allclose(losses, expect_losses, rtol=1e-6)
+    assert len(leaves) == len(expect_leaves)
+    for a, b in zip(leaves, expect_leaves, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -32,9 +32,10 @@ Under ``vmap`` (custom partitioning has no batching rule) a call with no
 more leading axis; any other call maps ``unbatched``, a plain JAX function of
 the same maths (the partitioner then shards it like any other code).
 
-Uneven shards (an axis whose size the number of its shards does not divide)
-are refused by name: the blocks would be padded, and the padding would enter
-the statistics.
+Uneven shards (an axis whose size the number of its shards does not divide,
+which only an Auto mesh makes) would give the kernel padded blocks whose
+padding enters its sums: such an axis is taken whole for the kernel, with a
+warning that names it. (An Explicit mesh refuses uneven shards itself.)
 
 What ``jax.export`` gets: a program for one device (the usual export) holds
 the kernel itself and serializes. With inputs sharded in an Auto mesh it
@@ -47,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -170,6 +172,28 @@ def _check_even(call: Call, shape: tuple[int, ...], per_axis: tuple[_sharding.Me
                 "implementation='xla'.")
 
 
+def _even(call: Call, shape: tuple[int, ...], layout: _Layout, sizes: dict[str, int]) -> _Layout:
+    """``layout`` with every unevenly sharded axis taken whole (and a warning naming it).
+
+    An Auto mesh may split an axis into uneven blocks (the partitioner pads the
+    last); a kernel run on a padded block would count the padding in its sums,
+    so the axis is gathered for the kernel instead.
+    """
+    per_axis = list(layout.lead + layout.feat)
+    for i, axes in enumerate(per_axis):
+        shards = math.prod(sizes[a] for a in axes)
+        if axes and shape[i] % shards:
+            where = "normalized" if i >= len(shape) - call.num_axes else "leading"
+            warnings.warn(
+                f"{call.name}: axis {i} of x (shape {shape}, a {where} axis) is sharded over "
+                f"{list(axes)} ({shards} shards), which does not divide its size {shape[i]}: "
+                "the kernel takes it whole (an all-gather). Shard it evenly, or use "
+                "implementation='xla', to keep it sharded.", UserWarning, stacklevel=2)
+            per_axis[i] = ()
+    lead = len(layout.lead)
+    return _Layout(tuple(per_axis[:lead]), tuple(per_axis[lead:]))
+
+
 def _explicit_layout(call: Call, operands: tuple[Array, ...]) -> _Layout | None:
     """The layout of ``x`` when an Explicit mesh shards it (or a parameter), else None."""
     x = operands[0]
@@ -244,9 +268,8 @@ def _partitioned(call: Call, lead: int) -> Any:
         return tuple(NamedSharding(mesh, layout.spec(k)) for k in kinds)
 
     def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple:
-        layout = layout_of(arg_shapes)
-        _check_even(call, tuple(arg_shapes[0].shape), layout.lead + layout.feat,
-                    dict(mesh.shape))
+        layout = _even(call, tuple(arg_shapes[0].shape), layout_of(arg_shapes),
+                       dict(mesh.shape))
         lower = functools.partial(call.run_local, row_axes=layout.row_axes,
                                   feature_axes=layout.feature_axes)
         return (mesh, lower, shardings(mesh, layout, call.out_kinds),
