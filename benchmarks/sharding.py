@@ -31,7 +31,6 @@ speed-up. :class:`Block`, :class:`ConvBlock`, :func:`param_specs` and
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Callable
@@ -157,8 +156,8 @@ def input_spec(layout: str, axes: dict[str, str], ndim: int = 3) -> Any:
 
 def train_step(model: Any, tx: Any, *, mutable: bool = False) -> Callable:
     """``step(params, opt_state, x, y) -> (params, opt_state, loss)``: one step of the
-    optimizer ``tx`` on the mean squared error of ``model`` against ``y`` (``mutable``: a model with batch
-    statistics, whose updates are dropped)."""
+    optimizer ``tx`` on the mean squared error of ``model`` against ``y`` (``mutable``: a
+    model with batch statistics, whose updates are dropped)."""
     import jax
     import jax.numpy as jnp
     import optax
