@@ -42,11 +42,13 @@ test: $(VENV)/.installed-dev $(VENV)/.installed-torch
 	@$(PY) -m lnjax.data fashion_mnist >/dev/null || $(MAKE) --no-print-directory data
 	$(PY) -m pytest -q -n 2
 
-## bench: speed against flax/PyTorch/a copy, accuracy far from zero, multi-device scaling.
+## bench: speed against flax/PyTorch/a copy, accuracy far from zero, multi-device scaling,
+## sharded jit against flax.
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.run --out benchmarks/results
 	$(PY) -m benchmarks.accuracy
 	$(PY) -m benchmarks.scaling --out benchmarks/results
+	$(PY) -m benchmarks.sharding --out benchmarks/results
 	$(PY) -m benchmarks.training_loop
 
 ## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py);

@@ -142,6 +142,23 @@ def test_scaling_benchmark_measures_each_device_count():
     assert "| layernorm (steps/s) |" in scaling.markdown(rows)
 
 
+def test_sharding_benchmark_reads_collectives_and_times_both_module_sets():
+    """Two layouts at the quick size: the collectives come from the compiled programs (the
+    same for lnjax's and flax's block in these layouts), the time ratio from both."""
+    from benchmarks import sharding
+
+    record = sharding.measure(quick=True, layouts=("data", "tensor"), rounds=2)
+    rows = {r["layout"]: r for r in record["rows"]}
+    assert set(rows) == {"data", "tensor"}
+    for r in rows.values():
+        assert r["lnjax_collectives"] == r["flax_collectives"] > 0
+        assert r["bytes_ratio"] == 1.0 and r["time_ratio"] > 0
+    # Data parallelism all-reduces the gradients once; tensor parallelism moves activations.
+    assert rows["tensor"]["lnjax_bytes"] > rows["data"]["lnjax_bytes"]
+    table = sharding.markdown(record)
+    assert "| data | 1 / 1 |" in table and "bytes ratio <= 1.0" in table
+
+
 def test_accuracy_benchmark(tmp_path, capsys):
     """lnjax stays exact far from zero where flax's default variance does not."""
     from benchmarks import accuracy

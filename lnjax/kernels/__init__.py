@@ -1,24 +1,29 @@
-"""Row kernels: layer norm and RMS norm of a ``(rows, H)`` array, one contract, one per platform.
+"""Row kernels: layer norm and RMS norm over trailing axes, one contract, one per platform.
 
 :mod:`lnjax.normalization` hands a normalization to a row kernel when
 :func:`applies` says one computes it: the normalized axes are the trailing
 axes of ``x`` (and the parameters' axes are the same), with no mask, no
 cross-device axis, a concrete ``epsilon`` and the exact (shifted) variance.
-``x`` is then viewed as ``(rows, H)`` and :func:`row_norm` computes the
-result. Everything else takes the generic path of :mod:`lnjax.normalization`,
-which computes the same values.
+:func:`row_norm` then computes the result from ``x`` as it is: no axis is
+merged into another, so under sharded ``jit`` every axis keeps its sharding.
+Everything else takes the generic path of :mod:`lnjax.normalization`, which
+computes the same values.
 
 The contract every implementation keeps (``row_norm(x, scale, bias, *,
-epsilon, centered, stats_dtype, out_dtype)``):
+epsilon, centered, stats_dtype, out_dtype, num_axes)``):
 
-* ``x``: ``(rows, H)`` in the input's dtype; ``scale``, ``bias``: ``(H,)``,
-  or None.
-* Returns ``(rows, H)`` in ``out_dtype``: ``((x - shift) - mean) * rstd *
+* ``x``: ``(..., *F)`` in the input's dtype, normalized over its last
+  ``num_axes`` axes ``F``; ``scale``, ``bias``: of shape ``F``, or None.
+* Returns ``x``'s shape in ``out_dtype``: ``((x - shift) - mean) * rstd *
   scale + bias`` (``centered``) or ``x * rstd * scale`` (RMS), with the shifted
   statistics of :func:`lnjax.normalization.moments` computed in
   ``stats_dtype`` (population variance, ``epsilon`` inside the square root).
 * Differentiable in both modes: reverse mode (``grad``, ``vjp``) and forward
   mode (``jvp``, ``jacfwd``, ``hessian``).
+* Under sharded ``jit`` (Auto and Explicit meshes) the values equal the
+  unsharded ones and only statistics-sized arrays cross devices. The XLA
+  kernels are plain JAX that the partitioner splits; the Pallas kernels run
+  per shard (:mod:`lnjax.kernels.sharded`).
 
 The implementations, chosen per platform when the program is lowered
 (:func:`jax.lax.platform_dependent`, so one exported program carries the
