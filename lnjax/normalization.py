@@ -29,10 +29,14 @@ Numerical choices, in one place:
   variance 0 (finite, never NaN).
 * **Row kernels.** :func:`layer_norm`, :func:`rms_norm` and the
   LayerNorm/RMSNorm modules normalizing over trailing axes (no mask, no
-  ``axis_name``) hand ``x``, viewed as ``(rows, H)``, to
-  :func:`lnjax.kernels.row_norm`: the same statistics with the analytic
-  derivative, reverse mode saving only ``x`` and three numbers per row, and
-  forward mode, ``jacfwd`` and ``hessian`` still working.
+  ``axis_name``) hand ``x``, as it is, to :func:`lnjax.kernels.row_norm`:
+  the same statistics with the analytic derivative, reverse mode saving only
+  ``x`` and three numbers per row, and forward mode, ``jacfwd`` and
+  ``hessian`` still working.
+* **Sharded jit.** No axis is merged into another by a reshape, parameters
+  and running statistics take ``x``'s sharding where they meet it, and a
+  sharded reduced axis costs only statistics-sized collectives (one more for
+  the shift than a one-pass variance; see :mod:`lnjax.kernels`).
 * **Cross-device statistics** (``axis_name``) merge the per-device sums with
   Chan's parallel formula, weighting every device by its number of selected
   positions, so devices that hold different numbers of examples give the
