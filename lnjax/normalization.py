@@ -321,7 +321,6 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name)
         checks.check_epsilon(epsilon, fn=name)
-        _sharding.check_axis_name(axis_name, fn=name)
         kernels.check_implementation(implementation, fn=name)
         red = canonicalize_axes(x.ndim, reduction_axes, fn=name, name=arg_names[0],
                                 shape=x.shape)
@@ -346,7 +345,6 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name)
         checks.check_epsilon(epsilon, fn=name)
-        _sharding.check_axis_name(axis_name, fn=name)
         feat = canonicalize_axes(x.ndim, feature_axes, fn=name, name="feature_axes",
                                  shape=x.shape)
         if 0 in feat:
@@ -377,7 +375,6 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name)
         checks.check_epsilon(epsilon, fn=name)
-        _sharding.check_axis_name(axis_name, fn=name)
         if x.ndim < 2:
             raise ValueError(f"{name}: x must have a batch and a channel axis, got shape "
                              f"{x.shape}.")
@@ -411,7 +408,6 @@ class NormSpec:
         """
         x = checks.as_inexact_array(x, fn=name, complex_ok=True)
         checks.check_epsilon(epsilon, fn=name)
-        _sharding.check_axis_name(axis_name, fn=name)
         if feature_axes is None:
             if reduction_axes is None:  # canonicalize_axes's own message for axis=None
                 raise TypeError(f"{name}: axis=None must be an int or a tuple of ints.")
@@ -517,18 +513,21 @@ class NormSpec:
         # mu_B - mu as (shift - mu) + mean: exact far from zero
         d = lax.stop_gradient(jnp.clip(((st.shift - running.shift) + st.mean) * rsigma,
                                        -d_max, d_max))
-        # (x - mu_B) * (r / sigma_B) + d, then the gain and bias as batch norm applies
-        # them, so r = 1, d = 0 gives batch norm's result bit for bit.
-        y = ((x.astype(st.var.dtype) - st.shift) - st.mean) * (lax.rsqrt(st.var + self.epsilon)
-                                                               * r) + d
+        # g ((x - mu_B) / sigma_B * r + d) + b = (x - mu_B) * (r g / sigma_B) + (d g + b),
+        # folded as normalize folds batch norm's gain: r = 1, d = 0 gives its result bit
+        # for bit.
+        factor = lax.rsqrt(st.var + self.epsilon) * r
+        offset = d
         if scale is not None:
-            y = y * scale
+            factor, offset = factor * scale, offset * scale
         if bias is not None:
-            y = y + bias
+            offset = offset + bias
+        y = ((x.astype(st.var.dtype) - st.shift) - st.mean) * factor + offset
         return y.astype(out_dtype)
 
     def moments(self, x: Array, mask: Array | None = None) -> Moments:
         """The statistics of ``x`` over :attr:`reduction_axes` (``mask``: boolean, x's shape)."""
+        _sharding.check_axis_name(self.axis_name, fn=self.name)
         st = moments(x, self.reduction_axes, mask=mask, centered=self.centered,
                      fast_variance=self.fast_variance, axis_name=self.axis_name,
                      axis_index_groups=self.axis_index_groups, dtype=self.stats_dtype)
@@ -551,6 +550,7 @@ class NormSpec:
         """Group norm: the channels split into groups, each normalized over its own axes."""
         ndim, channels = len(self.shape), self.shape[-1]
         assert self.num_groups is not None  # apply calls this for group norm only
+        _sharding.check_axis_name(self.axis_name, fn=self.name)
         group_shape = self.shape[:-1] + (self.num_groups, channels // self.num_groups)
         # Reduce over the chosen axes and over the channels within each group.
         axes = tuple(a for a in self.reduction_axes if a != ndim - 1) + (ndim,)
