@@ -13,7 +13,7 @@ from lnjax import data
 from lnjax.experiments import common, invariance, pi_mnist, seq_mnist
 from tests.helpers import known_sha256, small_mnist, write_mnist_folder
 
-N_TRAIN, N_VAL, N_TEST = 96, 48, 64
+N_TRAIN, N_VAL, N_TEST = 128, 48, 64  # batches of 16 and 4: equal scans, one compilation
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_pi_mnist_end_to_end(mnist_dir, tmp_path, capsys):
             "--no-progress"]
     results = pi_mnist.main(argv)
     printed = capsys.readouterr().out
-    assert "Data: mnist/train: 96 examples from idx:" in printed
+    assert "Data: mnist/train: 128 examples from idx:" in printed
     assert "| layernorm | 4 |" in printed and "| batchnorm | 16 |" in printed
     on_disk = read_results(out)
     assert on_disk["dataset"]["name"] == "mnist"
@@ -79,10 +79,10 @@ def test_seq_mnist_end_to_end(mnist_dir, tmp_path, capsys):
     on_disk = read_results(out)
     for method in seq_mnist.METHODS:
         h = on_disk["runs"][method]["16"]["0"]
-        assert h["steps"] == [6, 12, 18]
+        assert h["steps"] == [8, 16, 24]
         assert np.isfinite(h["train_loss"]).all()
         assert h["train_loss"][-1] < h["train_loss"][0], method
-        assert h["step_loss"][0][0] == 1 and h["step_loss"][-1][0] == 18
+        assert h["step_loss"][0][0] == 1 and h["step_loss"][-1][0] == 24
     assert is_png(out / "curves.png")
 
 
@@ -246,7 +246,7 @@ def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist_dir,
     pi_mnist.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--hidden", "8",
                    "--methods", "layernorm,batchnorm", "--batch-sizes", "16", "--epochs", "2",
                    "--seeds", "2", "--seed", "5", "--eval-examples", "32",
-                   "--evals-per-epoch", "3", "--out", str(out), "--no-progress",
+                   "--evals-per-epoch", "2", "--out", str(out), "--no-progress",
                    "--tensorboard"])
     on_disk = read_results(out)
     assert on_disk["config"]["seeds"] == 2
@@ -255,8 +255,8 @@ def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist_dir,
         assert sorted(runs) == ["5", "6"]
         assert runs["5"]["step_loss"] != runs["6"]["step_loss"]
         for h in runs.values():
-            assert h["eval_steps"] == [2, 4, 6, 8, 10, 12]  # 6 steps an epoch, 3 points each
-            assert len(h["test_curve_error"]) == len(h["validation_curve_error"]) == 6
+            assert h["eval_steps"] == [4, 8, 12, 16]  # 8 steps an epoch, 2 points each
+            assert len(h["test_curve_error"]) == len(h["validation_curve_error"]) == 4
             assert len(h["test_error"]) == 2  # the whole split, each epoch
     # One subset of 32 examples of each split, the same for every method and seed.
     assert len(subsets) == 4

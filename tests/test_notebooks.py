@@ -71,7 +71,7 @@ TINY = {
         "SHAPES": "tiny", "CASES": ["ln_fb", "rms_fb", "ln_fwd", "ln_memory"]},
     "05_transformer.ipynb": {
         "DATA_DIR": DATA_DIR, "LAYERS": 1, "WIDTH": 16, "HEADS": 2, "MLP_DIM": 32, "BATCH": 32,
-        "N_TRAIN": 256, "EPOCHS": 2, "WARMUP_STEPS": 4, "N_EVAL": 200},
+        "N_TRAIN": 128, "EPOCHS": 2, "WARMUP_STEPS": 4, "N_EVAL": 64},
 }
 # Words that belong to the tests, not to a notebook.
 TEST_WORDS = ("LNJAX_NOTEBOOK", "tests/", "pytest", "test_notebooks", "TINY",

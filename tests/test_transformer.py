@@ -14,7 +14,8 @@ from lnjax import layer_norm
 from lnjax.experiments import transformer
 from tests.helpers import small_mnist
 
-N_TRAIN, N_VAL, N_TEST = 192, 48, 48  # one evaluation shape: one compilation
+N_TRAIN, N_VAL, N_TEST = 256, 48, 48  # 8 steps of 32: four equal scans an epoch, one
+# compilation of the epoch runner; one evaluation shape: one compilation
 TINY = ["--layers", "1", "--width", "16", "--heads", "2", "--mlp-dim", "32"]
 
 
@@ -237,7 +238,7 @@ def test_end_to_end_and_resume(mnist_dir, tmp_path, capsys):
     assert len(on_disk["verdict"]) == 5  # four normalizations, then Xiong et al.'s finding
     for method in transformer.METHODS:
         h = on_disk["runs"][method]["32"]["0"]
-        assert h["steps"] == [6, 12]
+        assert h["steps"] == [8, 16]
         assert np.isfinite(h["train_loss"]).all()
         assert h["train_loss"][-1] < h["train_loss"][0], method
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -249,7 +250,7 @@ def test_end_to_end_and_resume(mnist_dir, tmp_path, capsys):
     more = base + ["--epochs", "3", "--methods", "pre_ln_warmup"]
     resumed = transformer.main(more)["runs"]["pre_ln_warmup"]["32"]["0"]
     fresh = transformer.main(more + ["--no-resume"])["runs"]["pre_ln_warmup"]["32"]["0"]
-    assert resumed["step_loss"][:12] == first["runs"]["pre_ln_warmup"]["32"]["0"]["step_loss"]
+    assert resumed["step_loss"][:16] == first["runs"]["pre_ln_warmup"]["32"]["0"]["step_loss"]
     assert resumed["step_loss"] == fresh["step_loss"]
     assert resumed["test_loss"] == fresh["test_loss"]
     # The warm-up length is part of a warm-up run's identity only.
