@@ -27,6 +27,18 @@ Cases (f32, CPU):
 * ``ln_fwd``: layer norm forward alone.
 * ``ln_memory``: temporary memory of the compiled forward + backward
   (``compiled.memory_analysis().temp_size_in_bytes``), lnjax against flax.
+* ``norms_fb``: forward + backward of the other normalizations (the gradient of
+  ``sum(y * dy)`` for x and the parameters), Linen modules against flax's
+  (and PyTorch's where it has the op, in its own NCHW layout): BatchNorm in
+  training (batch statistics) at (64, 32, 32, 64), (128, 16, 16, 32) and
+  (4096, 1024); GroupNorm(8), InstanceNorm and LayerNorm over (H, W, C) with
+  a per-channel scale at the two image shapes; LayerNorm with a mask at
+  (4096, 1024). Each with the compiled temporary memory of both.
+* ``norms_fwd``: BatchNorm's forward alone, in training and in evaluation
+  (running averages), at the two image shapes.
+* ``resnet``: a ResNet-style block (conv, BatchNorm, ReLU, conv, BatchNorm,
+  residual) at (32, 16, 16, 32), forward + backward, lnjax's BatchNorm
+  against flax's in the same block.
 * ``lstm``: LN-LSTM sequence layer forward + backward, T=100, batch 32,
   input 64, hidden 256: ``lnjax.linen.LNLSTM`` with and without layer norm,
   ``flax.linen.RNN(LSTMCell)``, a flax LN-LSTM (``nn.LayerNorm`` in an RNN
@@ -79,13 +91,16 @@ class Config:
 
     norm_shapes: tuple[tuple[int, int], ...] = ((4096, 1024), (16384, 256), (1024, 8192))
     lstm: tuple[int, int, int, int] = (100, 32, 64, 256)  # T, batch, input, hidden
+    image_shapes: tuple[tuple[int, ...], ...] = ((64, 32, 32, 64), (128, 16, 16, 32))
+    resnet: tuple[int, int, int] = (32, 16, 32)  # batch, height = width, channels
     rounds: int = 15  # timings of each function (the median is reported)
     min_time: float = 0.02  # seconds per timing (calls are repeated to reach it)
     seed: int = 0
 
 
 QUICK = dict(rounds=3, min_time=0.005)
-TINY = dict(norm_shapes=((64, 128), (256, 32), (16, 512)), lstm=(5, 4, 8, 16))
+TINY = dict(norm_shapes=((64, 128), (256, 32), (16, 512)), lstm=(5, 4, 8, 16),
+            image_shapes=((4, 4, 4, 16),), resnet=(4, 4, 8))
 
 
 @dataclasses.dataclass
@@ -274,6 +289,157 @@ def ln_memory(config: Config) -> list[Case]:
             case.values["x MiB"] = x.nbytes / 2**20
             cases.append(case)
     return cases
+
+
+# --------------------------------------------------------------------------
+# Batch, group and instance norm, layer norm over several axes or with a mask.
+# --------------------------------------------------------------------------
+
+
+def _image_modules(shape: tuple[int, ...]) -> dict[str, tuple[Any, Any, Any]]:
+    """``title -> (lnjax module, flax module, torch layer or None)`` for input ``shape``."""
+    channels, image = shape[-1], len(shape) == 4
+    mods: dict[str, tuple[Any, Any, Any]] = {"BatchNorm": (
+        lnn.BatchNorm(use_running_average=False, epsilon=EPSILON),
+        nn.BatchNorm(use_running_average=False, epsilon=EPSILON),
+        None if torch is None else (torch.nn.BatchNorm2d(channels, eps=EPSILON) if image
+                                    else torch.nn.BatchNorm1d(channels, eps=EPSILON)))}
+    if image:
+        mods["GroupNorm(8)"] = (
+            lnn.GroupNorm(num_groups=8, epsilon=EPSILON),
+            nn.GroupNorm(num_groups=8, epsilon=EPSILON),
+            None if torch is None else torch.nn.GroupNorm(8, channels, eps=EPSILON))
+        mods["InstanceNorm"] = (
+            lnn.InstanceNorm(epsilon=EPSILON), nn.InstanceNorm(epsilon=EPSILON),
+            None if torch is None else torch.nn.InstanceNorm2d(channels, eps=EPSILON,
+                                                               affine=True))
+        mods["LayerNorm(H,W,C)"] = (
+            lnn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=EPSILON),
+            nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=EPSILON), None)
+    else:
+        mods["LayerNorm masked"] = (lnn.LayerNorm(epsilon=EPSILON),
+                                    nn.LayerNorm(epsilon=EPSILON), None)
+    return mods
+
+
+def _module_fb(module, x, dy, variables, mask):
+    """``(x, dy, params) -> (y, dx, dparams)`` of a Linen module, compiled."""
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def apply(x, p):
+        kwargs: dict[str, Any] = {} if mask is None else {"mask": mask}
+        if rest:  # batch statistics: updated, the update dropped
+            return module.apply({"params": p, **rest}, x, mutable=list(rest), **kwargs)[0]
+        return module.apply({"params": p}, x, **kwargs)
+
+    def run(x, dy, p):
+        y, vjp = jax.vjp(apply, x, p)
+        return (y,) + vjp(dy)
+    return jax.jit(run).lower(x, dy, variables["params"]).compile()
+
+
+def _torch_image_fb(layer, x, dy):
+    """PyTorch's layer forward + backward in its own layout (channels second)."""
+    to_torch = (0, 3, 1, 2) if x.ndim == 4 else (0, 1)
+    return _torch_forward_backward(layer, np.ascontiguousarray(x.transpose(to_torch)),
+                                   np.ascontiguousarray(dy.transpose(to_torch)))
+
+
+def _image_inputs(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = (3 + 2 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    return x, dy
+
+
+@register("norms_fb")
+def norms_fb(config: Config) -> list[Case]:
+    cases = []
+    shapes = [*config.image_shapes, config.norm_shapes[0]]
+    for shape in shapes:
+        x, dy = _image_inputs(shape, config.seed)
+        xj, dyj = jnp.asarray(x), jnp.asarray(dy)
+        dims = "x".join(map(str, shape))
+        for title, (ours, theirs, layer) in _image_modules(shape).items():
+            mask = (jnp.asarray(np.random.default_rng(1).random(shape) < 0.9)
+                    if "masked" in title else None)
+            variables = theirs.init(jax.random.key(0), xj)
+            case = Case(f"norms_fb {title} {dims}", f"{title} fwd+bwd {dims}")
+            case.functions["copy"] = copy_of(xj)
+            for library, module in (("lnjax", ours), ("flax", theirs)):
+                compiled = _module_fb(module, xj, dyj, variables, mask)
+                case.functions[library] = jax_call(compiled, xj, dyj, variables["params"])
+                case.values[f"{library} temp MiB"] = (
+                    compiled.memory_analysis().temp_size_in_bytes / 2**20)
+            case.values["x MiB"] = x.nbytes / 2**20
+            if layer is not None:
+                case.functions["torch"] = _torch_image_fb(layer, x, dy)
+            fast = title in ("BatchNorm", "GroupNorm(8)")
+            case.ratios = [TimeRatio("flax", "lnjax", 1.5 if fast else 1.0)]
+            if layer is not None:
+                case.ratios.append(TimeRatio("torch", "lnjax"))
+            case.ratios.append(TimeRatio("lnjax", "copy"))
+            case.note = ("y and the gradients for x and the parameters; BatchNorm with batch "
+                         "statistics; torch in NCHW")
+            cases.append(case)
+    return cases
+
+
+@register("norms_fwd")
+def norms_fwd(config: Config) -> list[Case]:
+    cases = []
+    for shape in config.image_shapes:
+        x, _ = _image_inputs(shape, config.seed)
+        xj = jnp.asarray(x)
+        dims = "x".join(map(str, shape))
+        for train in (True, False):
+            kwargs = {"use_running_average": not train, "epsilon": EPSILON}
+            mode = "train" if train else "eval"
+            case = Case(f"norms_fwd BatchNorm {mode} {dims}",
+                        f"BatchNorm fwd ({mode}) {dims}")
+            case.functions["copy"] = copy_of(xj)
+            for library, module in (("lnjax", lnn.BatchNorm(**kwargs)),
+                                    ("flax", nn.BatchNorm(**kwargs))):
+                variables = module.init(jax.random.key(0), xj)
+                fwd = jax.jit(lambda x, v, module=module: module.apply(
+                    v, x, mutable=["batch_stats"])[0])
+                case.functions[library] = jax_call(fwd, xj, variables)
+            case.ratios = [TimeRatio("flax", "lnjax", 1.0), TimeRatio("lnjax", "copy")]
+            cases.append(case)
+    return cases
+
+
+class ResBlock(nn.Module):
+    """conv 3x3, BatchNorm, ReLU, conv 3x3, BatchNorm, residual, ReLU (He et al. 2016)."""
+
+    norm: Callable[..., nn.Module]
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        y = nn.Conv(c, (3, 3), use_bias=False)(x)
+        y = nn.relu(self.norm(use_running_average=False, epsilon=EPSILON)(y))
+        y = nn.Conv(c, (3, 3), use_bias=False)(y)
+        y = self.norm(use_running_average=False, epsilon=EPSILON)(y)
+        return nn.relu(x + y)
+
+
+@register("resnet")
+def resnet(config: Config) -> list[Case]:
+    batch, size, channels = config.resnet
+    shape = (batch, size, size, channels)
+    x, dy = _image_inputs(shape, config.seed)
+    xj, dyj = jnp.asarray(x), jnp.asarray(dy)
+    case = Case(f"resnet {batch}x{size}x{size}x{channels}",
+                f"ResNet block fwd+bwd {batch}x{size}x{size}x{channels}")
+    for library, norm in (("lnjax", lnn.BatchNorm), ("flax", nn.BatchNorm)):
+        block_ = ResBlock(norm)
+        variables = block_.init(jax.random.key(0), xj)
+        compiled = _module_fb(block_, xj, dyj, variables, None)
+        case.functions[library] = jax_call(compiled, xj, dyj, variables["params"])
+    case.ratios = [TimeRatio("flax", "lnjax", 1.0)]
+    case.note = "two 3x3 convolutions and two BatchNorms with batch statistics, one residual"
+    return [case]
 
 
 # --------------------------------------------------------------------------

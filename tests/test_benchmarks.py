@@ -113,6 +113,26 @@ def test_benchmark_quick(tmp_path):
     assert "| case |" in (tmp_path / "results.md").read_text()
 
 
+def test_other_normalizations_are_timed_against_flax_with_their_memory(tmp_path):
+    """norms_fb, norms_fwd and resnet: every module timed against flax's, the fwd+bwd cases
+    with the compiled temporary memory of both in the memory table."""
+    from benchmarks import run as bench
+
+    results = bench.run(quick=True, shapes="tiny", out=tmp_path,
+                        cases=["norms_fb", "norms_fwd", "resnet"], progress=False)
+    titles = [c["title"] for c in results["cases"]]
+    for module in ("BatchNorm fwd+bwd", "GroupNorm(8) fwd+bwd", "InstanceNorm fwd+bwd",
+                   "LayerNorm(H,W,C) fwd+bwd", "LayerNorm masked fwd+bwd",
+                   "BatchNorm fwd (train)", "BatchNorm fwd (eval)", "ResNet block fwd+bwd"):
+        assert any(t.startswith(module) for t in titles), module
+    for case in results["cases"]:
+        assert case["ratios"][0]["label"] == "flax / lnjax" and case["ratios"][0]["value"] > 0
+        if "fwd+bwd" in case["title"] and not case["title"].startswith("ResNet"):
+            assert {"lnjax temp MiB", "flax temp MiB"} <= set(case["values"])
+    md = (tmp_path / "results.md").read_text()
+    assert "| GroupNorm(8) fwd+bwd 4x4x4x16 |" in md and "compiled fwd+bwd temp memory" in md
+
+
 def test_benchmark_ratios_read_as_time_over_time(tmp_path):
     """Each ratio's label is ``numerator / denominator`` and its value near the medians'
     quotient; the table prints the labels."""
