@@ -558,12 +558,13 @@ class NormSpec:
         st = moments(xg, axes, mask=None if mask is None else mask.reshape(group_shape),
                      fast_variance=self.fast_variance, axis_name=self.axis_name,
                      axis_index_groups=self.axis_index_groups, dtype=self.stats_dtype)
-        y = normalize(xg, st, epsilon=self.epsilon, dtype=self.stats_dtype).reshape(self.shape)
-        if scale is not None:
-            y = y * scale
-        if bias is not None:
-            y = y + bias
-        return y.astype(out_dtype), st
+        # The per-channel parameters split like the channels: one pass over x, the gain
+        # folded into the reciprocal standard deviation (as for the other kinds).
+        params = (None if p is None else p.reshape(p.shape[:-1] + group_shape[-2:])
+                  for p in (scale, bias))
+        y = normalize(xg, st, epsilon=self.epsilon, scale=next(params), bias=next(params),
+                      dtype=out_dtype)
+        return y.reshape(self.shape), st
 
 
 def _stats(x: Array, stats_dtype: Any) -> Any:
