@@ -77,6 +77,7 @@ __all__ = [
     "layer_norm",
     "moments",
     "normalize",
+    "renorm_correction",
     "renorm_limits",
     "rms_norm",
     "weight_norm",
@@ -198,7 +199,8 @@ def _merge_across_devices(shift, s1, s2, count, axis_name, axis_index_groups):
 
 
 def normalize(x: Array, stats: Moments, *, epsilon: float, scale: Array | None = None,
-              bias: Array | None = None, dtype: Any = None) -> Array:
+              bias: Array | None = None, dtype: Any = None,
+              correction: tuple[Array, Array] | None = None) -> Array:
     """``((x - shift) - mean) / sqrt(var + epsilon) * scale + bias``.
 
     Args:
@@ -207,6 +209,9 @@ def normalize(x: Array, stats: Moments, *, epsilon: float, scale: Array | None =
       epsilon: added to the variance inside the square root.
       scale, bias: optional arrays that broadcast against ``x``.
       dtype: the result dtype (default: ``x``'s dtype).
+      correction: optional ``(r, d)`` of batch renormalization
+        (:func:`renorm_correction`): the normalized value becomes ``xhat * r + d``
+        before the scale and bias.
 
     Returns:
       The normalized array.
@@ -214,14 +219,44 @@ def normalize(x: Array, stats: Moments, *, epsilon: float, scale: Array | None =
     cdtype = jnp.result_type(stats.shift, stats.var)
     xs = x.astype(cdtype)
     # As flax does: the gain folds into the reciprocal standard deviation before it
-    # meets x (one product per element).
+    # meets x (one product per element); g (xhat r + d) + b = (x - mu) (r g / sigma) +
+    # (d g + b), so r = 1, d = 0 gives batch norm's result bit for bit.
     factor = lax.rsqrt(stats.var + epsilon)
+    offset = None
+    if correction is not None:
+        r, offset = correction
+        factor = factor * r
     if scale is not None:
         factor = factor * scale
-    y = ((xs - stats.shift) - stats.mean) * factor
+        offset = None if offset is None else offset * scale
     if bias is not None:
-        y = y + bias
+        offset = bias if offset is None else offset + bias
+    y = ((xs - stats.shift) - stats.mean) * factor
+    if offset is not None:
+        y = y + offset
     return y.astype(x.dtype if dtype is None else dtype)
+
+
+def renorm_correction(stats: Moments, running: Moments, *, epsilon: Any, r_max: Any,
+                      d_max: Any) -> tuple[Array, Array]:
+    """Batch renormalization's ``(r, d)`` (Ioffe 2017), constants of the gradient.
+
+    .. math::
+        r = \\mathrm{clip}_{[1/r_{max}, r_{max}]}(\\sigma_B / \\sigma),\\quad
+        d = \\mathrm{clip}_{[-d_{max}, d_{max}]}((\\mu_B - \\mu) / \\sigma)
+
+    with the batch statistics ``stats`` and the running ones ``running``
+    (variances without ``epsilon``; it is added to both). ``mu_B - mu`` is
+    taken as ``(shift_B - shift) + mean_B``: exact far from zero.
+    """
+    sigma_b = jnp.sqrt(stats.var + epsilon)
+    rsigma = lax.rsqrt(running.var + epsilon)
+    r_max = jnp.asarray(r_max, stats.var.dtype)
+    d_max = jnp.asarray(d_max, stats.var.dtype)
+    r = lax.stop_gradient(jnp.clip(sigma_b * rsigma, 1 / r_max, r_max))
+    d = lax.stop_gradient(jnp.clip(((stats.shift - running.shift) + stats.mean) * rsigma,
+                                   -d_max, d_max))
+    return r, d
 
 
 # --------------------------------------------------------------------------
@@ -481,10 +516,11 @@ class NormSpec:
             st = self.moments(x, mask)
         else:
             st = self._given_moments(x, *stats)
-        if renorm is not None:
-            return self._renormalize(x, st, renorm, scale, bias, out_dtype), st
+        correction = None if renorm is None else renorm_correction(
+            st, self._given_moments(x, renorm.running_mean, renorm.running_var),
+            epsilon=self.epsilon, r_max=renorm.r_max, d_max=renorm.d_max)
         return normalize(x, st, epsilon=self.epsilon, scale=scale, bias=bias,
-                         dtype=out_dtype), st
+                         dtype=out_dtype, correction=correction), st
 
     def _given_moments(self, x: Array, mean: Any, var: Any) -> Moments:
         """Moments from a mean and variance of :attr:`feature_shape` (running averages),
@@ -492,38 +528,13 @@ class NormSpec:
         fshape, target = self.feature_shape, self.target_shape
 
         def shaped(name, v, dtype):
-            v = jnp.asarray(v)
-            if v.ndim == 1 and len(fshape) > 1 and v.size == math.prod(fshape):
-                v = v.reshape(fshape)  # flat, as flax.nnx stores them
-            v = checks.feature_param(v, name, fshape, target, fn=self.name).astype(dtype)
+            v = checks.feature_param(jnp.asarray(v), name, fshape, target,
+                                     fn=self.name).astype(dtype)
             return _sharding.match_broadcast(v, x)
 
         mean = shaped("running_mean", mean, self.stats_dtype)
         var = shaped("running_var", var, jnp.finfo(self.stats_dtype).dtype)
         return Moments(mean, jnp.zeros_like(mean), var, jnp.ones_like(var))
-
-    def _renormalize(self, x, st, renorm, scale, bias, out_dtype):
-        """``((x - mu_B) / sigma_B * r + d) * scale + bias`` (Ioffe 2017), r and d constant."""
-        running = self._given_moments(x, renorm.running_mean, renorm.running_var)
-        sigma_b = jnp.sqrt(st.var + self.epsilon)
-        rsigma = lax.rsqrt(running.var + self.epsilon)
-        r_max = jnp.asarray(renorm.r_max, st.var.dtype)
-        d_max = jnp.asarray(renorm.d_max, st.var.dtype)
-        r = lax.stop_gradient(jnp.clip(sigma_b * rsigma, 1 / r_max, r_max))
-        # mu_B - mu as (shift - mu) + mean: exact far from zero
-        d = lax.stop_gradient(jnp.clip(((st.shift - running.shift) + st.mean) * rsigma,
-                                       -d_max, d_max))
-        # g ((x - mu_B) / sigma_B * r + d) + b = (x - mu_B) * (r g / sigma_B) + (d g + b),
-        # folded as normalize folds batch norm's gain: r = 1, d = 0 gives its result bit
-        # for bit.
-        factor = lax.rsqrt(st.var + self.epsilon) * r
-        offset = d
-        if scale is not None:
-            factor, offset = factor * scale, offset * scale
-        if bias is not None:
-            offset = offset + bias
-        y = ((x.astype(st.var.dtype) - st.shift) - st.mean) * factor + offset
-        return y.astype(out_dtype)
 
     def moments(self, x: Array, mask: Array | None = None) -> Moments:
         """The statistics of ``x`` over :attr:`reduction_axes` (``mask``: boolean, x's shape)."""
