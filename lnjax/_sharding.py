@@ -123,28 +123,27 @@ def check_axis_name(axis_name: Any, *, fn: str, name: str = "axis_name") -> None
             "device.") from None
 
 
-def gather_axis(x: Array, axis: int) -> tuple[Array, MeshAxes]:
+def gather_axis(x: Array, axis: int) -> Array:
     """``x`` with ``axis`` whole on every device; its other axes keep their sharding.
 
     For a computation that runs along ``axis`` (a recurrence over time). In an
     Explicit mesh this is a ``reshard``; in an Auto mesh set with
     :func:`jax.set_mesh` a sharding constraint that leaves the other axes to
-    the partitioner. Returns the array and the Explicit mesh axes that
-    sharded ``axis``.
+    the partitioner.
     """
     spec = explicit_spec(x)
     if spec is not None:
         if not spec[axis]:
-            return x, ()
+            return x
         new: list[MeshAxes] = list(spec)
         new[axis] = ()
-        return jax.sharding.reshard(x, spec_of(new)), spec[axis]
+        return jax.sharding.reshard(x, spec_of(new))
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not any(kind == AxisType.Auto for kind in mesh.axis_types):
-        return x, ()
+        return x
     entries: list[Any] = [P.UNCONSTRAINED] * x.ndim
     entries[axis] = None
-    return lax.with_sharding_constraint(x, P(*entries)), ()
+    return lax.with_sharding_constraint(x, P(*entries))
 
 
 def like_leading(v: Array, x: Array, ndims: int) -> Array:

@@ -562,7 +562,7 @@ def sequence(spec: CellSpec, params: Params, xs: Array, carry: Any, *,
     # The recurrence runs along time: under sharded jit the time axis is made
     # whole on every device first (the batch axes keep their sharding), and the
     # parameters too (an FSDP-sharded kernel is gathered once, not every step).
-    xs, _ = _sharding.gather_axis(xs, time_axis)
+    xs = _sharding.gather_axis(xs, time_axis)
     params = _sharding.gathered(params)
     batch_shape = xs.shape[1:-1] if time_major else xs.shape[:-2]
     steps = xs.shape[time_axis]
