@@ -48,6 +48,7 @@ Reference: Ba, Kiros & Hinton, "Layer Normalization", arXiv:1607.06450 (2016).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -257,6 +258,171 @@ def renorm_correction(stats: Moments, running: Moments, *, epsilon: Any, r_max: 
     d = lax.stop_gradient(jnp.clip(((stats.shift - running.shift) + stats.mean) * rsigma,
                                    -d_max, d_max))
     return r, d
+
+
+# --------------------------------------------------------------------------
+# The analytic path: statistics -> normalize -> scale/bias as one custom_jvp.
+# --------------------------------------------------------------------------
+
+
+class Options(NamedTuple):
+    """The static options of :func:`normalized` (hashable: a ``custom_jvp``'s nondiff argument)."""
+
+    axes: tuple[int, ...]  # canonical axes the statistics run over
+    centered: bool = True  # False: RMS statistics (no mean)
+    fast_variance: bool = False  # E[x^2] - E[x]^2 (flax's fast path)
+    unbiased: bool = False  # normalize with n/(n-1) * var (batch norm)
+    axis_name: Any = None  # mapped axis the statistics are merged over
+    axis_index_groups: Any = None  # a tuple of tuples, or None
+    stats_dtype: Any = None  # the dtype the statistics are computed in
+    out_dtype: Any = None  # the result's dtype
+    epsilon: float | None = None  # a concrete epsilon (None: the epsilon operand)
+
+
+class Running(NamedTuple):
+    """Batch renormalization's operands: the running moments and the limits of ``(r, d)``."""
+
+    moments: Moments  # the running mean and variance (variance without epsilon)
+    r_max: Any
+    d_max: Any
+
+
+def normalized(x: Array, scale: Array | None, bias: Array | None, mask: Array | None,
+               epsilon: Any, running: Running | None, opts: Options) -> tuple[Array, Moments]:
+    """``(y, moments)``: ``x`` normalized over ``opts.axes`` with its own statistics.
+
+    The one path every normalization over any axes takes (the row kernels of
+    :mod:`lnjax.kernels` compute the same values for trailing axes): the
+    statistics of :func:`moments` (``n/(n-1)`` times the variance if
+    ``opts.unbiased``), :func:`normalize` with ``scale`` and ``bias`` (of
+    ``x``'s rank, broadcasting), and with ``running`` batch renormalization's
+    correction (:func:`renorm_correction`).
+
+    Real ``x`` is differentiated analytically (a ``custom_jvp``); the tangent,
+    linear in the tangents of ``x``, ``scale``, ``bias`` and ``epsilon``, is::
+
+        ty = g rs rc (tx - a - xc rs^2 (k c + teps / 2)) + (xc rs rc + d) tg + tb,
+        a = mean_m tx,  c = mean_m tx xc,  xc = x - mu,  rs = 1 / sqrt(k var + eps)
+
+    (``mean_m``: over the reduced axes and the mask's positions, across
+    devices with ``axis_name``; ``k = n/(n-1)`` or 1; ``rc, d`` the renorm
+    correction, constants). JAX transposes it into the analytic backward:
+    reverse mode saves ``x``, the parameters and the statistics (and the
+    mask) and recomputes ``x - shift``; forward mode, ``jacfwd`` and ``hessian`` differentiate
+    it as ordinary code. Complex ``x`` (batch norm) is differentiated by
+    autodiff of the same composition.
+    """
+    if jnp.iscomplexobj(x):
+        return _normalized(x, scale, bias, mask, epsilon, running, opts)
+    return _normalized_real(x, scale, bias, mask, epsilon, running, opts)
+
+
+def _normalized(x, scale, bias, mask, epsilon, running, opts):
+    """The composition itself: statistics, correction, normalize."""
+    eps = opts.epsilon if opts.epsilon is not None else epsilon
+    st = moments(x, opts.axes, mask=mask, centered=opts.centered,
+                 fast_variance=opts.fast_variance, axis_name=opts.axis_name,
+                 axis_index_groups=opts.axis_index_groups, dtype=opts.stats_dtype)
+    if opts.unbiased:
+        st = st._replace(var=st.var * _unbiased_factor(st.count))
+    correction = None if running is None else renorm_correction(
+        st, running.moments, epsilon=eps, r_max=running.r_max, d_max=running.d_max)
+    y = normalize(x, st, epsilon=eps, scale=scale, bias=bias, dtype=opts.out_dtype,
+                  correction=correction)
+    return y, st
+
+
+def _unbiased_factor(count: Array) -> Array:
+    return count / jnp.maximum(count - 1, 1)
+
+
+_normalized_real = jax.custom_jvp(_normalized, nondiff_argnums=(6,))
+
+
+@_normalized_real.defjvp
+def _normalized_jvp(opts, primals, tangents):
+    x, scale, bias, mask, epsilon, running = primals
+    tx, tscale, tbias, _, teps, _ = tangents
+    y, st = _normalized(x, scale, bias, mask, epsilon, running, opts)
+    correction = None
+    eps = opts.epsilon if opts.epsilon is not None else epsilon
+    if running is not None:
+        correction = renorm_correction(st, running.moments, epsilon=eps, r_max=running.r_max,
+                                       d_max=running.d_max)
+    # Reverse mode saves the operands of the linear tangent and recomputes xh from x.
+    linear = jax.checkpoint(functools.partial(_tangent, opts=opts), prevent_cse=False)
+    ty, tmean, tvar = linear(x, scale, mask, eps, st, correction, tx, tscale, tbias,
+                             None if opts.epsilon is not None else teps)
+    zero = jnp.zeros_like(st.count)
+    return (y, st), (ty, Moments(jnp.zeros_like(st.shift), tmean, tvar, zero))
+
+
+def _tangent(x, scale, mask, eps, st, correction, tx, tscale, tbias, teps, *, opts):
+    """``(ty, t mean, t var)``: linear in ``(tx, tscale, tbias, teps)``.
+
+    Written as ``ty = gain tx + (x - shift) B + A`` with ``gain``, ``B`` and
+    ``A`` formed on the statistics and the parameters before they meet ``x``
+    (``x - mu = (x - shift) - mean``, the small ``mean`` moved into ``A``).
+    """
+    cdtype = st.var.dtype
+    axes, axis_name, groups = opts.axes, opts.axis_name, opts.axis_index_groups
+
+    def mean_m(v):  # the mean over the reduced axes and the mask's positions
+        s = jnp.sum(v if mask is None else jnp.where(mask, v, 0), axes, keepdims=True)
+        if axis_name is not None:
+            s = lax.psum(s, axis_name, axis_index_groups=groups)
+        return s / jnp.maximum(st.count, 1)
+
+    xs, tx = x.astype(cdtype), tx.astype(cdtype)
+    k = _unbiased_factor(st.count) if opts.unbiased else 1
+    rs = lax.rsqrt(st.var + eps)
+    # x - mu = (x - shift) - mean, with the mean (a small correction) applied to the
+    # per-group terms rather than to x: one per-group array fewer meets x.
+    xd = xs - st.shift if opts.centered else xs
+    a = mean_m(tx) if opts.centered else None
+    cc = mean_m(tx * xd)  # half the tangent of the (biased) variance
+    if a is not None:
+        cc = cc - st.mean * a
+    # d rs = -rs^3 (k cc + teps / 2)
+    drs = k * cc if teps is None else k * cc + teps.astype(cdtype) / 2
+    rc, d = (None, None) if correction is None else correction
+    # ty = gain tx + xd B + A, with B and A small (per group and feature): each sum of
+    # the backward over the reduced axes is then taken once, of dy * xd for B and of dy
+    # for A, and shared by the terms of dx, dscale and dbias (also when a reduced axis
+    # is sharded: one partial sum crosses devices for each). The gain g rs rc joins
+    # B and A where it is smaller than x; a scale along every reduced axis (layer
+    # norm's) multiplies the terms of x's tangent once, at the end.
+    gain = rs if rc is None else rs * rc
+    last = None if scale is None else scale.astype(cdtype)
+    folded = last is None or math.prod(jnp.broadcast_shapes(gain.shape, last.shape)) < xs.size
+    if folded:
+        if last is not None:
+            gain = gain * last
+        ty = gain * tx
+        b_terms = [gain * (-rs * rs * drs)]
+        a_terms = [] if a is None else [gain * (-a)]
+    else:
+        h = -rs * rs * drs
+        inner = tx + xd * h
+        offset = None if a is None else -(a + st.mean * h)
+        ty = last * (gain * (inner if offset is None else inner + offset))
+        b_terms, a_terms = [], []
+    if tscale is not None:
+        ts = tscale.astype(cdtype)
+        b_terms.append((rs if rc is None else rs * rc) * ts)
+        if d is not None:
+            a_terms.append(d * ts)
+    if tbias is not None:
+        a_terms.append(tbias.astype(cdtype))
+    if b_terms:
+        b = functools.reduce(jnp.add, b_terms)
+        ty = ty + xd * b
+        if opts.centered:
+            a_terms.append(-(st.mean * b))
+    if a_terms:
+        ty = ty + functools.reduce(jnp.add, a_terms)
+    tmean = a if a is not None else jnp.zeros_like(st.mean)
+    return ty.astype(opts.out_dtype), tmean, 2 * k * cc
 
 
 # --------------------------------------------------------------------------
@@ -512,15 +678,28 @@ class NormSpec:
         if not self.reduction_axes:  # instance norm over no axes: every value is its own mean
             y = jnp.zeros(self.shape, self.stats_dtype) + (0 if bias is None else bias)
             return y.astype(out_dtype), None
-        if stats is None:
-            st = self.moments(x, mask)
-        else:
+        if stats is not None:  # running averages: no statistics of x, no derivative of them
             st = self._given_moments(x, *stats)
-        correction = None if renorm is None else renorm_correction(
-            st, self._given_moments(x, renorm.running_mean, renorm.running_var),
-            epsilon=self.epsilon, r_max=renorm.r_max, d_max=renorm.d_max)
-        return normalize(x, st, epsilon=self.epsilon, scale=scale, bias=bias,
-                         dtype=out_dtype, correction=correction), st
+            return normalize(x, st, epsilon=self.epsilon, scale=scale, bias=bias,
+                             dtype=out_dtype), st
+        running = None if renorm is None else Running(
+            self._given_moments(x, renorm.running_mean, renorm.running_var), renorm.r_max,
+            renorm.d_max)
+        return self._normalized(x, scale, bias, mask, running, self.reduction_axes, out_dtype)
+
+    def _normalized(self, x, scale, bias, mask, running, axes, out_dtype):
+        """:func:`normalized` with this spec's options, over ``axes`` of ``x``."""
+        _sharding.check_axis_name(self.axis_name, fn=self.name)
+        eps = self.epsilon
+        concrete = isinstance(eps, (int, float, np.floating)) and not isinstance(eps, bool)
+        groups = self.axis_index_groups
+        opts = Options(axes, centered=self.centered, fast_variance=self.fast_variance,
+                       unbiased=self.unbiased, axis_name=self.axis_name,
+                       axis_index_groups=None if groups is None else
+                       tuple(tuple(int(i) for i in g) for g in groups),
+                       stats_dtype=self.stats_dtype, out_dtype=jnp.dtype(out_dtype),
+                       epsilon=float(eps) if concrete else None)
+        return normalized(x, scale, bias, mask, None if concrete else eps, running, opts)
 
     def _given_moments(self, x: Array, mean: Any, var: Any) -> Moments:
         """Moments from a mean and variance of :attr:`feature_shape` (running averages),
@@ -535,16 +714,6 @@ class NormSpec:
         mean = shaped("running_mean", mean, self.stats_dtype)
         var = shaped("running_var", var, jnp.finfo(self.stats_dtype).dtype)
         return Moments(mean, jnp.zeros_like(mean), var, jnp.ones_like(var))
-
-    def moments(self, x: Array, mask: Array | None = None) -> Moments:
-        """The statistics of ``x`` over :attr:`reduction_axes` (``mask``: boolean, x's shape)."""
-        _sharding.check_axis_name(self.axis_name, fn=self.name)
-        st = moments(x, self.reduction_axes, mask=mask, centered=self.centered,
-                     fast_variance=self.fast_variance, axis_name=self.axis_name,
-                     axis_index_groups=self.axis_index_groups, dtype=self.stats_dtype)
-        if self.unbiased:
-            st = st._replace(var=st.var * st.count / jnp.maximum(st.count - 1, 1))
-        return st
 
     def feature_stats(self, st: Moments | None) -> tuple[Array, Array]:
         """The mean and variance of ``st`` shaped like the feature axes (batch norm's).
@@ -561,20 +730,16 @@ class NormSpec:
         """Group norm: the channels split into groups, each normalized over its own axes."""
         ndim, channels = len(self.shape), self.shape[-1]
         assert self.num_groups is not None  # apply calls this for group norm only
-        _sharding.check_axis_name(self.axis_name, fn=self.name)
         group_shape = self.shape[:-1] + (self.num_groups, channels // self.num_groups)
         # Reduce over the chosen axes and over the channels within each group.
         axes = tuple(a for a in self.reduction_axes if a != ndim - 1) + (ndim,)
-        xg = x.reshape(group_shape)
-        st = moments(xg, axes, mask=None if mask is None else mask.reshape(group_shape),
-                     fast_variance=self.fast_variance, axis_name=self.axis_name,
-                     axis_index_groups=self.axis_index_groups, dtype=self.stats_dtype)
         # The per-channel parameters split like the channels: one pass over x, the gain
         # folded into the reciprocal standard deviation (as for the other kinds).
-        params = (None if p is None else p.reshape(p.shape[:-1] + group_shape[-2:])
-                  for p in (scale, bias))
-        y = normalize(xg, st, epsilon=self.epsilon, scale=next(params), bias=next(params),
-                      dtype=out_dtype)
+        gscale, gbias = (None if p is None else p.reshape(p.shape[:-1] + group_shape[-2:])
+                         for p in (scale, bias))
+        y, st = self._normalized(x.reshape(group_shape), gscale, gbias,
+                                 None if mask is None else mask.reshape(group_shape), None,
+                                 axes, out_dtype)
         return y.reshape(self.shape), st
 
 

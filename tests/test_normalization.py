@@ -410,6 +410,19 @@ GRAD_CASES = {
     "batch_norm": lambda x, s, b: lnjax.batch_norm(x, s, b, epsilon=1e-3)[0],
     "batch_norm_unbiased_masked": lambda x, s, b: lnjax.batch_norm(
         x, s, b, mask=jnp.array([[True], [True], [False]]), unbiased=True)[0],
+    "batch_norm_stats": lambda x, s, b: jnp.concatenate(
+        [v.ravel() for v in lnjax.batch_norm(x.reshape(3, 2, 2), s[:2], b[:2], axis=(0, 2),
+                                             unbiased=True)]),
+    # Running statistics far from the batch's: r and d sit on their limits (constants, as
+    # the gradient takes them, so that finite differences agree with it).
+    "batch_renorm": lambda x, s, b: lnjax.batch_renorm(
+        x, s, b, running_mean=b - 50.0, running_var=100 * s * s, r_max=2.0, d_max=0.7)[0],
+    "group_norm_masked": lambda x, s, b: lnjax.group_norm(
+        x.reshape(1, 3, 4), 2, s, b, mask=jnp.array([[[True], [False], [True]]])),
+    "instance_norm_masked": lambda x, s, b: lnjax.instance_norm(
+        x.reshape(1, 3, 4), s, b, mask=jnp.array([[[True], [True], [False]]])),
+    "rms_norm_masked": lambda x, s, b: lnjax.rms_norm(
+        x, s[:3], axis=0, mask=jnp.array([[True], [False], [True]])) + b,
     "weight_norm": lambda x, s, b: lnjax.weight_norm(x, s[:3], axis=0) + b,
 }
 
@@ -424,6 +437,43 @@ def test_gradients_second_order(name):
         b = rng.standard_normal(4)
         check_grads(jax.jit(GRAD_CASES[name]), (x, s, b), order=2, modes=("fwd", "rev"),
                     atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_in_a_traced_epsilon():
+    """epsilon is differentiable where it is traced (forward and reverse, to order 2)."""
+    with jax.enable_x64(True):
+        x = np.random.default_rng(0).standard_normal((5, 3)) + 4.0
+        for f in (lambda e: lnjax.batch_norm(x, epsilon=e)[0],
+                  lambda e: lnjax.group_norm(x.reshape(1, 5, 3), 3, epsilon=e),
+                  lambda e: lnjax.layer_norm(x, axis=0, epsilon=e)):
+            check_grads(jax.jit(f), (0.3,), order=2, modes=("fwd", "rev"), atol=1e-6,
+                        rtol=1e-6)
+
+
+RESIDUAL_X = jnp.asarray(np.random.default_rng(0).standard_normal((8, 4, 4, 6)), jnp.float32)
+RESIDUAL_MASK = jnp.asarray(np.random.default_rng(1).random((8, 4, 4, 6)) < 0.8)
+RESIDUAL_CASES = {
+    "batch_norm": lambda x, s, b: lnjax.batch_norm(x, s, b, axis=(0, 1, 2))[0],
+    "batch_norm_masked": lambda x, s, b: lnjax.batch_norm(x, s, b, axis=(0, 1, 2),
+                                                          mask=RESIDUAL_MASK)[0],
+    "batch_renorm": lambda x, s, b: lnjax.batch_renorm(
+        x, s, b, axis=(0, 1, 2), running_mean=b, running_var=s)[0],
+    "group_norm": lambda x, s, b: lnjax.group_norm(x, 3, s, b),
+    "instance_norm": lambda x, s, b: lnjax.instance_norm(x, s, b),
+    "layer_norm_masked": lambda x, s, b: lnjax.layer_norm(x, s, b, mask=RESIDUAL_MASK),
+    "layer_norm_leading_axis": lambda x, s, b: lnjax.layer_norm(x, axis=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESIDUAL_CASES))
+def test_reverse_mode_saves_only_x_and_the_mask(name):
+    """The analytic backward keeps x (and a mask) and statistics-sized arrays, nothing else
+    of x's size (autodiff of the statistics would keep x - shift and the centred values)."""
+    s, b = jnp.full((6,), 1.5), jnp.full((6,), 0.25)
+    _, vjp = jax.vjp(RESIDUAL_CASES[name], RESIDUAL_X, s, b)
+    big = [leaf.dtype for leaf in jax.tree.leaves(vjp)
+           if getattr(leaf, "size", 0) >= RESIDUAL_X.size]
+    assert sorted(map(str, big)) == (["bool", "float32"] if "masked" in name else ["float32"])
 
 
 def test_vmap_jacfwd_hessian_compose():
@@ -455,6 +505,21 @@ def test_gradient_far_from_zero_matches_reference_gradient():
     r = 1 / np.sqrt(xd.var(-1, keepdims=True) + 1e-6)
     expect = r * (w - w.mean(-1, keepdims=True) - xhat * (w * xhat).mean(-1, keepdims=True))
     np.testing.assert_allclose(g, expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e5])
+def test_batch_norm_gradient_far_from_zero_matches_reference_gradient(offset):
+    """d/dx sum(w * BN(x)) in f32 against the float64 formula: the analytic backward keeps
+    the exactness of the shifted statistics far from zero."""
+    rng = np.random.default_rng(3)
+    x = (offset + rng.standard_normal((256, 16))).astype(np.float32)
+    w = rng.standard_normal((256, 16)).astype(np.float32)
+    g = np.asarray(jax.grad(lambda v: jnp.sum(w * lnjax.batch_norm(v)[0]))(x), np.float64)
+    xd = x.astype(np.float64)
+    xhat = ref.batch_norm(xd)[0]
+    r = 1 / np.sqrt(xd.var(0) + 1e-5)
+    expect = r * (w - w.mean(0) - xhat * (w * xhat).mean(0))
+    np.testing.assert_allclose(g, expect, rtol=0, atol=1e-6 * np.abs(expect).max())
 
 
 def test_batch_norm_nan_example_masked_out_keeps_outputs_but_not_that_features_gradients():
