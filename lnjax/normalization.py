@@ -27,12 +27,15 @@ Numerical choices, in one place:
 * **Masks** select the positions the statistics are computed over; every
   position is normalized. A selection with no positions has mean 0 and
   variance 0 (finite, never NaN).
-* **Row kernels.** :func:`layer_norm`, :func:`rms_norm` and the
+* **Analytic derivatives.** Every normalization computed from the
+  statistics of its input is one ``custom_jvp`` (:func:`normalized`, any
+  reduction axes, masks and ``axis_name`` included): reverse mode saves
+  ``x`` (and a mask) and statistics-sized arrays, forward mode, ``jacfwd``
+  and ``hessian`` still work. :func:`layer_norm`, :func:`rms_norm` and the
   LayerNorm/RMSNorm modules normalizing over trailing axes (no mask, no
-  ``axis_name``) hand ``x``, as it is, to :func:`lnjax.kernels.row_norm`:
-  the same statistics with the analytic derivative, reverse mode saving only
-  ``x`` and three numbers per row, and forward mode, ``jacfwd`` and
-  ``hessian`` still working.
+  ``axis_name``) hand ``x``, as it is, to a row kernel instead
+  (:func:`lnjax.kernels.row_norm`, tuned per platform): the same values,
+  reverse mode saving ``x`` and three numbers per row.
 * **Sharded jit.** No axis is merged into another by a reshape, parameters
   and running statistics take ``x``'s sharding where they meet it, and a
   sharded reduced axis costs only statistics-sized collectives (one more for
@@ -70,6 +73,8 @@ Axes = int | Sequence[int]
 __all__ = [
     "Moments",
     "NormSpec",
+    "Options",
+    "Running",
     "batch_norm",
     "batch_renorm",
     "canonicalize_axes",
@@ -78,6 +83,7 @@ __all__ = [
     "layer_norm",
     "moments",
     "normalize",
+    "normalized",
     "renorm_correction",
     "renorm_limits",
     "rms_norm",
@@ -311,6 +317,14 @@ def normalized(x: Array, scale: Array | None, bias: Array | None, mask: Array | 
     mask) and recomputes ``x - shift``; forward mode, ``jacfwd`` and ``hessian`` differentiate
     it as ordinary code. Complex ``x`` (batch norm) is differentiated by
     autodiff of the same composition.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[1.0, 2.0], [3.0, 6.0]])
+      >>> opts = Options((0,), epsilon=0.0, stats_dtype=jnp.float32, out_dtype=jnp.float32)
+      >>> y, st = normalized(x, None, None, None, None, None, opts)
+      >>> [float(v) for v in y[:, 1]], float((st.shift + st.mean)[0, 1])
+      ([-1.0, 1.0], 4.0)
     """
     if jnp.iscomplexobj(x):
         return _normalized(x, scale, bias, mask, epsilon, running, opts)
@@ -776,8 +790,9 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
 
     When ``axis`` names the trailing axes and there is no mask, a row kernel
     (:mod:`lnjax.kernels`, chosen by ``implementation``) computes the result
-    and its analytic derivative; otherwise the generic path, with the same
-    statistics, whatever ``implementation`` says.
+    and its analytic derivative; otherwise :func:`normalized`, with the same
+    statistics and an analytic derivative too, whatever ``implementation``
+    says.
 
     Example:
       >>> import jax.numpy as jnp, lnjax

@@ -6,8 +6,8 @@ axes of ``x`` (and the parameters' axes are the same), with no mask, no
 cross-device axis, a concrete ``epsilon`` and the exact (shifted) variance.
 :func:`row_norm` then computes the result from ``x`` as it is: no axis is
 merged into another, so under sharded ``jit`` every axis keeps its sharding.
-Everything else takes the generic path of :mod:`lnjax.normalization`, which
-computes the same values.
+Everything else takes :func:`lnjax.normalization.normalized`, the analytic
+path over any axes, which computes the same values.
 
 The contract every implementation keeps (``row_norm(x, scale, bias, *,
 epsilon, centered, stats_dtype, out_dtype, num_axes)``):
