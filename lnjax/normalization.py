@@ -482,6 +482,14 @@ class NormSpec:
     :meth:`apply` with their parameters. The modules keep only what is theirs:
     creating parameters and ``batch_stats``, and flax's dtype policy.
 
+    Each constructor resolves one kind into the same few things: the reduced
+    and feature axes, the statistics' :class:`Options`, and for group norm a
+    :attr:`view` of ``x`` with its channels split into groups. :meth:`apply`
+    then takes one path whatever the kind: a row kernel where one applies,
+    otherwise :func:`normalized` (statistics, normalize, scale and bias; batch
+    renormalization's correction from the running moments), or, given running
+    averages, :func:`normalize` with them.
+
     Example:
       >>> import jax.numpy as jnp
       >>> x = jnp.array([[1.0, 2.0, 3.0]])
@@ -500,14 +508,19 @@ class NormSpec:
     reduction_axes: tuple[int, ...]  # canonical axes the statistics run over
     feature_axes: tuple[int, ...]  # canonical axes of scale and bias
     epsilon: Any  # added to the variance inside the square root
-    stats_dtype: Any  # the dtype the statistics are computed in
-    centered: bool = True  # False: RMS statistics (no mean)
-    fast_variance: bool = False  # E[x^2] - E[x]^2 (flax's fast path)
-    axis_name: Any = None  # mapped axis the statistics are merged over
-    axis_index_groups: Any = None
-    num_groups: int | None = None  # group norm: the last axis split into groups
-    unbiased: bool = False  # batch norm: n/(n-1) * var
+    options: Options  # the statistics' options, over the axes of x (or of its view)
+    view: tuple[int, ...] | None = None  # group norm: x's shape with the channels in groups
     implementation: str | None = None  # the row kernel (see lnjax.kernels), where one applies
+
+    @property
+    def stats_dtype(self) -> Any:
+        """The dtype the statistics are computed in."""
+        return self.options.stats_dtype
+
+    @property
+    def axis_name(self) -> Any:
+        """The mapped axis the statistics are merged over, if any."""
+        return self.options.axis_name
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -542,9 +555,11 @@ class NormSpec:
         checks.check_nonempty(x.shape, red, fn=name, name=arg_names[0])
         feat = canonicalize_axes(x.ndim, feature_axes, fn=name, name=arg_names[1],
                                  shape=x.shape)
-        return cls(name, x.shape, x.dtype, red, feat, epsilon, _stats(x, stats_dtype),
-                   centered=centered, fast_variance=fast_variance, axis_name=axis_name,
-                   axis_index_groups=axis_index_groups, implementation=implementation)
+        return cls(name, x.shape, x.dtype, red, feat, epsilon,
+                   _options(x, red, epsilon, stats_dtype, centered=centered,
+                            fast_variance=fast_variance, axis_name=axis_name,
+                            axis_index_groups=axis_index_groups),
+                   implementation=implementation)
 
     @classmethod
     def instance(cls, name: str, x: Any, *, feature_axes: Axes = -1, epsilon: Any,
@@ -575,9 +590,9 @@ class NormSpec:
                 f"{name}: x of shape {x.shape} with feature_axes={feature_axes!r} has no axis "
                 "to normalize over, so (as in flax) the output is the bias alone; for "
                 "(batch, features) input you may want LayerNorm."))
-        return cls(name, x.shape, x.dtype, red, feat, epsilon, _stats(x, stats_dtype),
-                   fast_variance=fast_variance, axis_name=axis_name,
-                   axis_index_groups=axis_index_groups)
+        return cls(name, x.shape, x.dtype, red, feat, epsilon,
+                   _options(x, red, epsilon, stats_dtype, fast_variance=fast_variance,
+                            axis_name=axis_name, axis_index_groups=axis_index_groups))
 
     @classmethod
     def group(cls, name: str, x: Any, num_groups: Any, *, reduction_axes: Axes | None = None,
@@ -605,9 +620,14 @@ class NormSpec:
             raise ValueError(f"{name}: reduction_axes={reduction_axes!r} must include the last "
                              f"(channel) axis of x of shape {x.shape}.")
         checks.check_nonempty(x.shape, red, fn=name, name="reduction_axes")
-        return cls(name, x.shape, x.dtype, red, (x.ndim - 1,), epsilon, _stats(x, stats_dtype),
-                   fast_variance=fast_variance, axis_name=axis_name,
-                   axis_index_groups=axis_index_groups, num_groups=int(num_groups))
+        # x viewed as (..., groups, channels per group): each group over the chosen axes
+        # and its own channels.
+        view = x.shape[:-1] + (int(num_groups), channels // int(num_groups))
+        view_axes = tuple(a for a in red if a != x.ndim - 1) + (x.ndim,)
+        return cls(name, x.shape, x.dtype, red, (x.ndim - 1,), epsilon,
+                   _options(x, view_axes, epsilon, stats_dtype, fast_variance=fast_variance,
+                            axis_name=axis_name, axis_index_groups=axis_index_groups),
+                   view=view)
 
     @classmethod
     def batch(cls, name: str, x: Any, *, reduction_axes: Axes | None = None,
@@ -633,9 +653,10 @@ class NormSpec:
             red = tuple(i for i in range(x.ndim) if i not in feat)
         if not running:
             checks.check_nonempty(x.shape, red, fn=name, name="axis")
-        return cls(name, x.shape, x.dtype, red, feat, epsilon, _stats(x, stats_dtype),
-                   fast_variance=fast_variance, axis_name=axis_name,
-                   axis_index_groups=axis_index_groups, unbiased=unbiased)
+        return cls(name, x.shape, x.dtype, red, feat, epsilon,
+                   _options(x, red, epsilon, stats_dtype, fast_variance=fast_variance,
+                            unbiased=unbiased, axis_name=axis_name,
+                            axis_index_groups=axis_index_groups))
 
     # ----------------------------------------------------------------- apply
 
@@ -667,16 +688,18 @@ class NormSpec:
                              f"shape {self.shape}.")
         out_dtype = self.dtype if dtype is None else dtype
         fshape = self.feature_shape
-        if (stats is None and renorm is None and self.num_groups is None
+        opts = self.options
+        if (stats is None and renorm is None and self.view is None
                 and kernels.applies(self.shape, self.reduction_axes, self.feature_axes,
                                     epsilon=self.epsilon, masked=mask is not None,
-                                    axis_name=self.axis_name, fast_variance=self.fast_variance)):
+                                    axis_name=opts.axis_name,
+                                    fast_variance=opts.fast_variance)):
             # x keeps its shape: no reshape merges an axis that may be sharded.
             params = (_sharding.match_feature_axes(
                 checks.feature_param(p, name, fshape, fshape, fn=fn), x, self.feature_axes)
                 for name, p in (("scale", scale), ("bias", bias)))
             y = kernels.row_norm(
-                x, *params, epsilon=float(self.epsilon), centered=self.centered,
+                x, *params, epsilon=float(self.epsilon), centered=opts.centered,
                 stats_dtype=self.stats_dtype, out_dtype=jnp.dtype(out_dtype),
                 implementation=self.implementation, num_axes=len(self.reduction_axes))
             return y, None
@@ -687,8 +710,6 @@ class NormSpec:
         bias = _sharding.match_broadcast(checks.feature_param(bias, "bias", fshape, target,
                                                               fn=fn), x)
         mask = checks.broadcast_mask(mask, self.shape, fn=fn)
-        if self.num_groups is not None:
-            return self._apply_groups(x, scale, bias, mask, out_dtype)
         if not self.reduction_axes:  # instance norm over no axes: every value is its own mean
             y = jnp.zeros(self.shape, self.stats_dtype) + (0 if bias is None else bias)
             return y.astype(out_dtype), None
@@ -699,21 +720,18 @@ class NormSpec:
         running = None if renorm is None else Running(
             self._given_moments(x, renorm.running_mean, renorm.running_var), renorm.r_max,
             renorm.d_max)
-        return self._normalized(x, scale, bias, mask, running, self.reduction_axes, out_dtype)
-
-    def _normalized(self, x, scale, bias, mask, running, axes, out_dtype):
-        """:func:`normalized` with this spec's options, over ``axes`` of ``x``."""
-        _sharding.check_axis_name(self.axis_name, fn=self.name)
-        eps = self.epsilon
-        concrete = isinstance(eps, (int, float, np.floating)) and not isinstance(eps, bool)
-        groups = self.axis_index_groups
-        opts = Options(axes, centered=self.centered, fast_variance=self.fast_variance,
-                       unbiased=self.unbiased, axis_name=self.axis_name,
-                       axis_index_groups=None if groups is None else
-                       tuple(tuple(int(i) for i in g) for g in groups),
-                       stats_dtype=self.stats_dtype, out_dtype=jnp.dtype(out_dtype),
-                       epsilon=float(eps) if concrete else None)
-        return normalized(x, scale, bias, mask, None if concrete else eps, running, opts)
+        _sharding.check_axis_name(opts.axis_name, fn=fn)
+        opts = opts._replace(out_dtype=jnp.dtype(out_dtype))
+        eps = None if opts.epsilon is not None else self.epsilon  # a traced epsilon: an operand
+        if self.view is None:
+            return normalized(x, scale, bias, mask, eps, running, opts)
+        # Group norm: the channels (and the per-channel parameters) split into groups, the
+        # gain folded into one pass over x as for the other kinds.
+        scale, bias = (None if p is None else p.reshape(p.shape[:-1] + self.view[-2:])
+                       for p in (scale, bias))
+        y, st = normalized(x.reshape(self.view), scale, bias,
+                           None if mask is None else mask.reshape(self.view), eps, running, opts)
+        return y.reshape(self.shape), st
 
     def _given_moments(self, x: Array, mean: Any, var: Any) -> Moments:
         """Moments from a mean and variance of :attr:`feature_shape` (running averages),
@@ -740,25 +758,16 @@ class NormSpec:
         red = self.reduction_axes
         return jnp.squeeze(st.shift + st.mean, red), jnp.squeeze(st.var, red)
 
-    def _apply_groups(self, x, scale, bias, mask, out_dtype):
-        """Group norm: the channels split into groups, each normalized over its own axes."""
-        ndim, channels = len(self.shape), self.shape[-1]
-        assert self.num_groups is not None  # apply calls this for group norm only
-        group_shape = self.shape[:-1] + (self.num_groups, channels // self.num_groups)
-        # Reduce over the chosen axes and over the channels within each group.
-        axes = tuple(a for a in self.reduction_axes if a != ndim - 1) + (ndim,)
-        # The per-channel parameters split like the channels: one pass over x, the gain
-        # folded into the reciprocal standard deviation (as for the other kinds).
-        gscale, gbias = (None if p is None else p.reshape(p.shape[:-1] + group_shape[-2:])
-                         for p in (scale, bias))
-        y, st = self._normalized(x.reshape(group_shape), gscale, gbias,
-                                 None if mask is None else mask.reshape(group_shape), None,
-                                 axes, out_dtype)
-        return y.reshape(self.shape), st
 
-
-def _stats(x: Array, stats_dtype: Any) -> Any:
-    return checks.stats_dtype(x.dtype) if stats_dtype is None else stats_dtype
+def _options(x: Array, axes: tuple[int, ...], epsilon: Any, stats_dtype: Any,
+             **kw: Any) -> Options:
+    """The statistics' :class:`Options` over ``axes`` (a concrete epsilon kept in them)."""
+    groups = kw.pop("axis_index_groups", None)
+    concrete = isinstance(epsilon, (int, float, np.floating)) and not isinstance(epsilon, bool)
+    return Options(axes, stats_dtype=checks.stats_dtype(x.dtype) if stats_dtype is None
+                   else stats_dtype, epsilon=float(epsilon) if concrete else None,
+                   axis_index_groups=None if groups is None else
+                   tuple(tuple(int(i) for i in g) for g in groups), **kw)
 
 
 def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
