@@ -3,7 +3,8 @@
 layer_norm, rms_norm and the LayerNorm/RMSNorm modules hand the work to a row
 kernel (the "fused path") when the normalized axes are the trailing axes, with
 no mask and no cross-device axis. These tests hold it against the float64
-references, the generic path, and JAX's transformations in both modes.
+references, the analytic path over any axes (normalization.normalized) and
+JAX's transformations in both modes.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ NORMS = {"layer_norm": (_ln, ref.layer_norm), "rms_norm": (_rms, ref.rms_norm)}
 
 
 def _generic(fn, x, *args, **kw):
-    """The same normalization through the generic path (a mask that selects everything)."""
+    """The same normalization through the analytic path over any axes (a mask that selects
+    everything)."""
     return fn(x, *args, mask=jnp.ones(jnp.shape(x), bool), **kw)
 
 
 def _uses_fused_path(fn, *args) -> bool:
     """Whether a row kernel ran: it is chosen per platform (``lax.platform_dependent``);
-    the generic path, analytic too (a ``custom_jvp``), is the same on every platform."""
+    the path over any axes, analytic too (a ``custom_jvp``), is the same on every platform."""
     return "platform_index" in str(jax.make_jaxpr(fn)(*args))
 
 
