@@ -1,4 +1,4 @@
-"""Layer norm and RMS norm on the accelerator JAX sees: lnjax "xla" and "pallas", flax, PyTorch.
+"""The normalizations on the accelerator JAX sees: lnjax "xla" and "pallas", flax, PyTorch.
 
 ::
 
@@ -90,6 +90,15 @@ and PyTorch's cuDNN ``torch.nn.LSTM`` on CUDA, with lnjax's LSTM without layer
 norm and a flax LN-LSTM beside them (:func:`benchmarks.run.lstm_case`; the
 wall clock, each call waited for; no targets).
 
+And ``image_norms``: the CPU suite's ``norms_fb``, ``norms_fwd`` and
+``resnet`` cases on this device (:func:`benchmarks.run.norms_fb`): the Linen
+BatchNorm, GroupNorm(8), InstanceNorm and LayerNorm over (H, W, C) on
+(64, 32, 32, 64) and (128, 16, 16, 32), BatchNorm and masked LayerNorm on the
+first of the shapes above, BatchNorm's forward in training and evaluation,
+and a ResNet-style block, each forward + backward against flax's, with
+PyTorch's layer in NCHW on CUDA where it has one (never PyTorch on the host
+against JAX on a device); the wall clock, no targets.
+
 A time budget (``--max-seconds``, default 420) skips the groups that would
 run past it, with a note; results.json and results.md are rewritten after
 each group, so a run cut short keeps what it measured. Writes
@@ -135,7 +144,7 @@ torch = cpu_suite.torch  # None when PyTorch is not installed
 DEFAULT_OUT = cpu_suite.DEFAULT_OUT / "device"
 EPSILON = cpu_suite.EPSILON
 
-CASES = ("layer_norm", "rms_norm", "lstm")
+CASES = ("layer_norm", "rms_norm", "lstm", "image_norms")
 LIBRARIES = ("lnjax xla", "lnjax pallas", "flax", "torch")
 LNJAX = ("lnjax xla", "lnjax pallas")
 SHORT = {"layer_norm": "LN", "rms_norm": "RMS"}
@@ -160,6 +169,10 @@ class Config:
                                            (589824, 128), (4096, 16384))
     dtypes: tuple[str, ...] = ("f32", "bf16")
     lstm: tuple[int, int, int, int] = (100, 32, 64, 256)  # T, batch, input, hidden
+    # image_norms: BatchNorm, GroupNorm, InstanceNorm, LayerNorm over (H, W, C) on these,
+    # masked LayerNorm and BatchNorm on the first of `shapes`, a ResNet-style block
+    image_shapes: tuple[tuple[int, ...], ...] = ((64, 32, 32, 64), (128, 16, 16, 32))
+    resnet: tuple[int, int, int] = (32, 16, 32)  # batch, height = width, channels
     rounds: int = 10
     min_time: float = 0.01  # seconds per timing (a pipeline of calls)
     profile_calls: int = 10  # calls of each program traced for its device time
@@ -167,7 +180,8 @@ class Config:
     seed: int = 0
 
 
-QUICK = dict(shapes=((16, 1000),), lstm=(4, 2, 8, 16), rounds=3, min_time=0.0, profile_calls=2)
+QUICK = dict(shapes=((16, 1000),), lstm=(4, 2, 8, 16), image_shapes=((4, 4, 4, 16),),
+             resnet=(4, 4, 8), rounds=3, min_time=0.0, profile_calls=2)
 
 
 # --------------------------------------------------------------------------
@@ -700,6 +714,17 @@ def markdown(results: dict[str, Any]) -> str:
                                align="lr"), "",
                   report.table(["ratio", "value", "target", "met"],
                                [report.ratio_cells(r) for r in lstm["ratios"]], align="lrrl")]
+    images = [r for r in results.get("image_norms") or [] if "median_ms" in r]
+    if images:
+        lines += ["", "Batch, group and instance norm, layer norm over (H, W, C), masked "
+                  "layer norm and a ResNet-style block (forward + backward of the Linen "
+                  "module unless named; torch in NCHW):", "",
+                  report.table(["case", "median ms", "ratios"],
+                               [[r["title"], ", ".join(f"{k} {v:.3f}"
+                                                       for k, v in r["median_ms"].items()),
+                                 ", ".join(" ".join(report.ratio_cells(t)[:2])
+                                           for t in r["ratios"])]
+                                for r in images], align="lll")]
     notes = list(results["notes"])
     notes += [f"{_where(g)}: {lib}: {err}" for g in results["groups"]
               for lib, err in g["errors"].items()]
@@ -772,7 +797,8 @@ def run(*, quick: bool = False, out: str | os.PathLike = DEFAULT_OUT,
     results: dict[str, Any] = {"device": device, "machine": report.machine(),
                                "config": dataclasses.asdict(config), "quick": quick,
                                "lnjax_implementation_keyword": accepts_implementation(),
-                               "groups": [], "lstm": None, "notes": [device["torch_note"]],
+                               "groups": [], "lstm": None, "image_norms": [],
+                               "notes": [device["torch_note"]],
                                "skipped": []}
     if not results["lnjax_implementation_keyword"]:
         results["notes"].append("lnjax.layer_norm takes no `implementation=` yet: the "
@@ -782,10 +808,12 @@ def run(*, quick: bool = False, out: str | os.PathLike = DEFAULT_OUT,
             for shape in config.shapes for dtype in config.dtypes]
     if "lstm" in names:
         plan.insert(sum(1 for p in plan if p[0] == "layer_norm"), ("lstm", None, None))
+    if "image_norms" in names:
+        plan.append(("image_norms", None, None))
     inputs: dict[tuple[int, int], tuple] = {}
     for case, shape, dtype in plan:
-        what = "lstm" if case == "lstm" else _where({"case": case, "shape": shape,
-                                                     "dtype": dtype})
+        what = case if shape is None else _where({"case": case, "shape": shape,
+                                                  "dtype": dtype})
         if not budget.allows():
             results["skipped"].append(what)
             continue
@@ -794,6 +822,8 @@ def run(*, quick: bool = False, out: str | os.PathLike = DEFAULT_OUT,
         start = time.perf_counter()
         if case == "lstm":
             results["lstm"] = _lstm(config, device["torch_device"])
+        elif case == "image_norms":
+            results["image_norms"] = _image_norms(config, device["torch_device"])
         else:
             if shape not in inputs:
                 inputs.clear()  # one shape's inputs at a time
@@ -829,6 +859,21 @@ def _lstm(config: Config, torch_device: str | None) -> dict[str, Any]:
                                torch_device=torch_device)
     case.ratios = [dataclasses.replace(r, target=None) for r in case.ratios]  # none on devices
     return cpu_suite.run_case(case, cpu_config)
+
+
+def _image_norms(config: Config, torch_device: str | None) -> list[dict[str, Any]]:
+    """The CPU suite's norms_fb, norms_fwd and resnet cases on this device (PyTorch on
+    CUDA where it has the op, else not at all), without the CPU's targets."""
+    cpu_config = cpu_suite.Config(norm_shapes=config.shapes[:1], image_shapes=config.image_shapes,
+                                  resnet=config.resnet, torch_device=torch_device,
+                                  rounds=config.rounds, min_time=config.min_time,
+                                  seed=config.seed)
+    records = []
+    for build in (cpu_suite.norms_fb, cpu_suite.norms_fwd, cpu_suite.resnet):
+        for case in build(cpu_config):
+            case.ratios = [dataclasses.replace(r, target=None) for r in case.ratios]
+            records.append(cpu_suite.run_case(case, cpu_config))
+    return records
 
 
 def _free(torch_device: str | None) -> None:

@@ -93,6 +93,7 @@ class Config:
     lstm: tuple[int, int, int, int] = (100, 32, 64, 256)  # T, batch, input, hidden
     image_shapes: tuple[tuple[int, ...], ...] = ((64, 32, 32, 64), (128, 16, 16, 32))
     resnet: tuple[int, int, int] = (32, 16, 32)  # batch, height = width, channels
+    torch_device: str | None = "cpu"  # where PyTorch's image norms run (None: not at all)
     rounds: int = 15  # timings of each function (the median is reported)
     min_time: float = 0.02  # seconds per timing (calls are repeated to reach it)
     seed: int = 0
@@ -176,14 +177,17 @@ def _compiled_forward_backward(kind: str, library: str, x, dy, params):
     return _COMPILED[key]
 
 
-def _torch_forward_backward(layer, x, dy):
-    xt = torch.from_numpy(x).requires_grad_(True)
-    dyt = torch.from_numpy(dy)
+def _torch_forward_backward(layer, x, dy, device: str = "cpu"):
+    layer = layer.to(device)
+    xt = torch.from_numpy(x).to(device).requires_grad_(True)
+    dyt = torch.from_numpy(dy).to(device)
+    wait = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def run():
         for p in (xt, *layer.parameters()):
             p.grad = None
         layer(xt).backward(dyt)
+        wait()
     return run
 
 
@@ -338,11 +342,11 @@ def _module_fb(module, x, dy, variables, mask):
     return jax.jit(run).lower(x, dy, variables["params"]).compile()
 
 
-def _torch_image_fb(layer, x, dy):
+def _torch_image_fb(layer, x, dy, device: str):
     """PyTorch's layer forward + backward in its own layout (channels second)."""
     to_torch = (0, 3, 1, 2) if x.ndim == 4 else (0, 1)
     return _torch_forward_backward(layer, np.ascontiguousarray(x.transpose(to_torch)),
-                                   np.ascontiguousarray(dy.transpose(to_torch)))
+                                   np.ascontiguousarray(dy.transpose(to_torch)), device)
 
 
 def _image_inputs(shape, seed):
@@ -361,6 +365,7 @@ def norms_fb(config: Config) -> list[Case]:
         xj, dyj = jnp.asarray(x), jnp.asarray(dy)
         dims = "x".join(map(str, shape))
         for title, (ours, theirs, layer) in _image_modules(shape).items():
+            layer = None if config.torch_device is None else layer
             mask = (jnp.asarray(np.random.default_rng(1).random(shape) < 0.9)
                     if "masked" in title else None)
             variables = theirs.init(jax.random.key(0), xj)
@@ -373,7 +378,8 @@ def norms_fb(config: Config) -> list[Case]:
                     compiled.memory_analysis().temp_size_in_bytes / 2**20)
             case.values["x MiB"] = x.nbytes / 2**20
             if layer is not None:
-                case.functions["torch"] = _torch_image_fb(layer, x, dy)
+                case.functions["torch"] = _torch_image_fb(layer, x, dy,
+                                                          config.torch_device or "cpu")
             fast = title in ("BatchNorm", "GroupNorm(8)")
             case.ratios = [TimeRatio("flax", "lnjax", 1.5 if fast else 1.0)]
             if layer is not None:

@@ -24,9 +24,11 @@ QUICK_SHAPE = device.QUICK["shapes"][0]
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One quick run of layer norm and the LSTM through ``benchmarks.run --device``."""
+    """One quick run of layer norm, the LSTM and the image norms through
+    ``benchmarks.run --device``."""
     out = tmp_path_factory.mktemp("device")
-    cpu_suite.main(["--device", "--quick", "--cases", "layer_norm,lstm", "--out", str(out)])
+    cpu_suite.main(["--device", "--quick", "--cases", "layer_norm,lstm,image_norms",
+                    "--out", str(out)])
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -40,6 +42,25 @@ def test_writes_three_files_with_the_device_named(quick_run):
     assert results["quick"] is True and results["skipped"] == []
     md = (out / "results.md").read_text()
     assert md.startswith(f"Device: **{first.device_kind}** (platform {first.platform}")
+
+
+def test_image_norms_are_timed_against_flax_without_the_cpu_targets(quick_run):
+    out, results = quick_run
+    records = results["image_norms"]
+    titles = [r["title"] for r in records]
+    shape = "x".join(map(str, device.QUICK["image_shapes"][0]))
+    for module in ("BatchNorm", "GroupNorm(8)", "InstanceNorm", "LayerNorm(H,W,C)"):
+        assert f"{module} fwd+bwd {shape}" in titles
+    assert any(t.startswith("LayerNorm masked fwd+bwd") for t in titles)
+    assert any(t.startswith("ResNet block") for t in titles)
+    assert f"BatchNorm fwd (train) {shape}" in titles
+    for r in records:
+        assert r["median_ms"]["lnjax"] > 0 and r["median_ms"]["flax"] > 0
+        flax = [t for t in r["ratios"] if t["label"] == "flax / lnjax"]
+        assert len(flax) == 1 and flax[0]["value"] > 0 and flax[0]["target"] is None
+        # PyTorch on the CPU is not compared with JAX on a device (nor here, with no CUDA)
+        assert "torch" not in r["median_ms"]
+    assert "ResNet block" in (out / "results.md").read_text()
 
 
 def test_every_timed_pass_is_recorded_with_time_and_bandwidth(quick_run):
@@ -173,8 +194,9 @@ def test_torch_passes_match_the_reference_and_are_timed():
 def test_max_seconds_skips_with_a_note(tmp_path, capsys):
     results = device.main(["--quick", "--max-seconds", "0", "--out", str(tmp_path)])
     assert results["groups"] == [] and results["lstm"] is None
+    assert results["image_norms"] == []
     assert results["skipped"] == ["layer_norm 16x1000 f32", "layer_norm 16x1000 bf16", "lstm",
-                                  "rms_norm 16x1000 f32", "rms_norm 16x1000 bf16"]
+                                  "rms_norm 16x1000 f32", "rms_norm 16x1000 bf16", "image_norms"]
     (skip_note,) = [n for n in results["notes"] if "--max-seconds 0" in n]
     assert skip_note.endswith(": " + ", ".join(results["skipped"]))
     for name in ("results.json", "results.md", "results.png"):
