@@ -388,7 +388,13 @@ class BatchNorm(nnx.BatchNorm):
         update = (jax.lax.stop_gradient
                   if self.mean._can_update or self.var._can_update else (lambda v: v))
         mean, var = mean.reshape(self.mean.shape), var.reshape(self.var.shape)
-        self.mean[...] = update(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        new_mean = update(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        if jnp.iscomplexobj(new_mean) and not jnp.iscomplexobj(self.mean[...]):
+            # Complex input: the running mean becomes complex (as in flax.linen) rather
+            # than losing its imaginary part to the real variable it started as.
+            self.mean.set_value(new_mean)
+        else:
+            self.mean[...] = new_mean
         self.var[...] = update(self.momentum * self.var[...] + (1 - self.momentum) * var)
         return y
 

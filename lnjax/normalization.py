@@ -739,12 +739,13 @@ class NormSpec:
         fshape, target = self.feature_shape, self.target_shape
 
         def shaped(name, v, dtype):
-            v = checks.feature_param(jnp.asarray(v), name, fshape, target,
-                                     fn=self.name).astype(dtype)
-            return _sharding.match_broadcast(v, x)
+            v = checks.feature_param(jnp.asarray(v), name, fshape, target, fn=self.name)
+            return _sharding.match_broadcast(v.astype(dtype), x)
 
         mean = shaped("running_mean", mean, self.stats_dtype)
-        var = shaped("running_var", var, jnp.finfo(self.stats_dtype).dtype)
+        # A variance is real, whatever dtype a caller promoted it to (flax's promote_dtype
+        # makes it complex beside complex input).
+        var = shaped("running_var", jnp.real(var), jnp.finfo(self.stats_dtype).dtype)
         return Moments(mean, jnp.zeros_like(mean), var, jnp.ones_like(var))
 
     def feature_stats(self, st: Moments | None) -> tuple[Array, Array]:

@@ -372,6 +372,13 @@ def test_nnx_batch_norm_on_complex_input():
                                rtol=2e-5, atol=2e-5)
     assert bn.var[...].dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(bn.var[...]), 0.5 + 0.5 * var, rtol=1e-5)
+    # the running mean keeps its imaginary part (it becomes complex, as in flax.linen)
+    assert bn.mean[...].dtype == jnp.complex64
+    np.testing.assert_allclose(np.asarray(bn.mean[...]), 0.5 * mean, rtol=1e-5, atol=1e-5)
+    y_eval = bn(x, use_running_average=True)
+    np.testing.assert_allclose(np.asarray(y_eval),
+                               (x - 0.5 * mean) / np.sqrt(0.5 + 0.5 * var + 1e-5),
+                               rtol=2e-5, atol=2e-5)
 
 
 def test_functional_batch_norm_on_complex_input_is_exact_far_from_zero():
