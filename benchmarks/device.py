@@ -857,7 +857,12 @@ def _lstm(config: Config, torch_device: str | None) -> dict[str, Any]:
                                   min_time=config.min_time, seed=config.seed)
     case = cpu_suite.lstm_case(cpu_config, flax_cell=nn.OptimizedLSTMCell,
                                torch_device=torch_device)
-    case.ratios = [dataclasses.replace(r, target=None) for r in case.ratios]  # none on devices
+    return _run_untargeted(case, cpu_config)
+
+
+def _run_untargeted(case: cpu_suite.Case, cpu_config: cpu_suite.Config) -> dict[str, Any]:
+    """A case of the CPU suite timed here, without its targets (the CPU's, none on devices)."""
+    case.ratios = [dataclasses.replace(r, target=None) for r in case.ratios]
     return cpu_suite.run_case(case, cpu_config)
 
 
@@ -868,12 +873,9 @@ def _image_norms(config: Config, torch_device: str | None) -> list[dict[str, Any
                                   resnet=config.resnet, torch_device=torch_device,
                                   rounds=config.rounds, min_time=config.min_time,
                                   seed=config.seed)
-    records = []
-    for build in (cpu_suite.norms_fb, cpu_suite.norms_fwd, cpu_suite.resnet):
-        for case in build(cpu_config):
-            case.ratios = [dataclasses.replace(r, target=None) for r in case.ratios]
-            records.append(cpu_suite.run_case(case, cpu_config))
-    return records
+    return [_run_untargeted(case, cpu_config)
+            for build in (cpu_suite.norms_fb, cpu_suite.norms_fwd, cpu_suite.resnet)
+            for case in build(cpu_config)]
 
 
 def _free(torch_device: str | None) -> None:

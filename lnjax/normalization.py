@@ -314,8 +314,8 @@ def normalized(x: Array, scale: Array | None, bias: Array | None, mask: Array | 
     devices with ``axis_name``; ``k = n/(n-1)`` or 1; ``rc, d`` the renorm
     correction, constants). JAX transposes it into the analytic backward:
     reverse mode saves ``x``, the parameters and the statistics (and the
-    mask) and recomputes ``x - shift``; forward mode, ``jacfwd`` and ``hessian`` differentiate
-    it as ordinary code. Complex ``x`` (batch norm) is differentiated by
+    mask) and recomputes ``x - shift``; forward mode, ``jacfwd`` and
+    ``hessian`` differentiate it as ordinary code. Complex ``x`` (batch norm) is differentiated by
     autodiff of the same composition.
 
     Example:
@@ -333,6 +333,12 @@ def normalized(x: Array, scale: Array | None, bias: Array | None, mask: Array | 
 
 def _normalized(x, scale, bias, mask, epsilon, running, opts):
     """The composition itself: statistics, correction, normalize."""
+    y, st, _ = _forward(x, scale, bias, mask, epsilon, running, opts)
+    return y, st
+
+
+def _forward(x, scale, bias, mask, epsilon, running, opts):
+    """``(y, moments, correction)``: what the tangent needs besides the operands."""
     eps = opts.epsilon if opts.epsilon is not None else epsilon
     st = moments(x, opts.axes, mask=mask, centered=opts.centered,
                  fast_variance=opts.fast_variance, axis_name=opts.axis_name,
@@ -343,7 +349,7 @@ def _normalized(x, scale, bias, mask, epsilon, running, opts):
         st, running.moments, epsilon=eps, r_max=running.r_max, d_max=running.d_max)
     y = normalize(x, st, epsilon=eps, scale=scale, bias=bias, dtype=opts.out_dtype,
                   correction=correction)
-    return y, st
+    return y, st, correction
 
 
 def _unbiased_factor(count: Array) -> Array:
@@ -357,13 +363,9 @@ _normalized_real = jax.custom_jvp(_normalized, nondiff_argnums=(6,))
 def _normalized_jvp(opts, primals, tangents):
     x, scale, bias, mask, epsilon, running = primals
     tx, tscale, tbias, _, teps, _ = tangents
-    y, st = _normalized(x, scale, bias, mask, epsilon, running, opts)
-    correction = None
+    y, st, correction = _forward(x, scale, bias, mask, epsilon, running, opts)
     eps = opts.epsilon if opts.epsilon is not None else epsilon
-    if running is not None:
-        correction = renorm_correction(st, running.moments, epsilon=eps, r_max=running.r_max,
-                                       d_max=running.d_max)
-    # Reverse mode saves the operands of the linear tangent and recomputes xh from x.
+    # Reverse mode saves the operands of the linear tangent and recomputes x - shift.
     linear = jax.checkpoint(functools.partial(_tangent, opts=opts), prevent_cse=False)
     ty, tmean, tvar = linear(x, scale, mask, eps, st, correction, tx, tscale, tbias,
                              None if opts.epsilon is not None else teps)
@@ -516,11 +518,6 @@ class NormSpec:
     def stats_dtype(self) -> Any:
         """The dtype the statistics are computed in."""
         return self.options.stats_dtype
-
-    @property
-    def axis_name(self) -> Any:
-        """The mapped axis the statistics are merged over, if any."""
-        return self.options.axis_name
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
