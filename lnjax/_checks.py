@@ -134,3 +134,11 @@ def feature_param(p: Any, name: str, feature_shape: tuple[int, ...],
 def stats_dtype(dtype: Any) -> Any:
     """The dtype statistics are computed in: ``dtype`` promoted to at least float32."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_int(value: Any, *, fn: str, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}.")
+    return int(value)

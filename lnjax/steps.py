@@ -39,8 +39,11 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-__all__ = ["Batch", "TrainState", "all_finite", "check_epoch_shapes", "create_train_state",
-           "eval_step", "evaluate", "example_mask", "scan_epoch", "train_epoch", "train_step"]
+from lnjax import _checks as checks
+
+__all__ = ["Batch", "TrainState", "all_finite", "batches", "check_epoch_shapes",
+           "create_train_state", "eval_step", "evaluate", "example_mask", "scan_epoch",
+           "train_epoch", "train_step"]
 
 Batch = Mapping[str, jax.Array]
 """A batch: ``{"x": inputs, "y": int labels}``, with an optional ``"weight"`` (1 for a real
@@ -338,3 +341,59 @@ def evaluate(state: TrainState, x: Any, y: Any, *, batch_size: int = 1000) -> di
     assert total is not None  # n > 0 was checked above
     return {"loss": float(total["loss_sum"] / total["count"]),
             "error": float(total["error_sum"] / total["count"])}
+
+
+def batches(images: Any, labels: Any, batch_size: int, *, seed: int, epoch: int = 0,
+            drop_remainder: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch, shuffled with a seed and stacked into batches for a ``lax.scan``.
+
+    The order is ``np.random.default_rng((seed, epoch)).permutation(N)``: the
+    same ``seed`` and ``epoch`` give the same batches, another ``epoch`` another
+    order. With ``drop_remainder=True`` the last ``N % batch_size`` examples of
+    the shuffled order are left out (different ones each epoch); with
+    ``drop_remainder=False`` ``batch_size`` must divide ``N`` (a ``ValueError``
+    otherwise), so that every example appears exactly once. Nothing is padded.
+
+    Args:
+      images: an array with ``N`` examples on its first axis.
+      labels: an array with the same ``N`` examples on its first axis.
+      batch_size: examples per batch, ``1 <= batch_size <= N``.
+      seed: a non-negative int.
+      epoch: a non-negative int, mixed into the seed.
+      drop_remainder: leave out the examples that do not fill a last batch
+        (else require that ``batch_size`` divides ``N``).
+
+    Returns:
+      ``(xb, yb)``: NumPy arrays shaped ``(N // batch_size, batch_size,
+      *images.shape[1:])`` and ``(N // batch_size, batch_size,
+      *labels.shape[1:])``, with the input dtypes.
+
+    Example:
+      >>> import numpy as np
+      >>> xb, yb = batches(np.zeros((10, 28, 28)), np.arange(10), 4, seed=0)
+      >>> xb.shape, yb.shape
+      ((2, 4, 28, 28), (2, 4))
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim == 0 or labels.ndim == 0:
+        raise ValueError(f"batches: images and labels need a leading examples axis; got shapes "
+                         f"{images.shape} and {labels.shape}.")
+    n = images.shape[0]
+    if labels.shape[0] != n:
+        raise ValueError(f"batches: images (shape {images.shape}) and labels (shape "
+                         f"{labels.shape}) must have the same number of examples.")
+    batch_size = checks.check_int(batch_size, fn="batches", name="batch_size", minimum=1)
+    if batch_size > n:
+        raise ValueError(f"batches: batch_size={batch_size} is larger than the {n} examples.")
+    seed = checks.check_int(seed, fn="batches", name="seed", minimum=0)
+    epoch = checks.check_int(epoch, fn="batches", name="epoch", minimum=0)
+    if not drop_remainder and n % batch_size:
+        raise ValueError(
+            f"batches: batch_size={batch_size} does not divide the {n} examples and "
+            f"drop_remainder=False; pass drop_remainder=True to leave out {n % batch_size} "
+            f"examples per epoch, or a batch_size that divides {n}.")
+    num_batches = n // batch_size
+    order = np.random.default_rng((seed, epoch)).permutation(n)
+    index = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+    return images[index], labels[index]

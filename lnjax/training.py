@@ -22,7 +22,7 @@ names, so ``lnjax.training`` is the one import research code needs:
 A batch is a dict ``{"x": inputs, "y": int labels}`` with an optional
 ``"weight"`` (1 for a real example, 0 for padding). Everything is determined by
 the seed: the initial parameters by ``jax.random.key(seed)``, the order of the
-batches by :func:`lnjax.data.batches` with ``(seed, epoch)``.
+batches by :func:`lnjax.steps.batches` with ``(seed, epoch)``.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from lnjax import data, parallel
+from lnjax import parallel
 from lnjax._optional import require
 from lnjax.checkpoint import Checkpointer, CheckpointError, DamagedCheckpointWarning
 from lnjax.steps import (
     Batch,
     TrainState,
     all_finite,
+    batches,
     create_train_state,
     eval_step,
     evaluate,
@@ -143,7 +144,7 @@ def fit(state: TrainState, train: tuple[Any, Any], *, epochs: int, batch_size: i
         tensorboard_dir: str | os.PathLike | None = None) -> tuple[TrainState, dict]:
     """Trains for ``epochs`` epochs, evaluating and checkpointing after each.
 
-    Each epoch's batches come from :func:`lnjax.data.batches` with
+    Each epoch's batches come from :func:`lnjax.steps.batches` with
     ``(seed, epoch)`` and run as one :func:`train_epoch` scan, or, with
     ``curves``, as ``evals_per_epoch`` scans of near-equal length with the
     ``curves`` splits evaluated after each (the steps are the same: the result
@@ -258,7 +259,7 @@ def fit(state: TrainState, train: tuple[Any, Any], *, epochs: int, batch_size: i
         report_every = max(1, steps_per_epoch // 20)
         elapsed = history["seconds"][-1] if history["seconds"] else 0.0
         for epoch in range(start, epochs):
-            xb, yb = data.batches(x, y, batch_size, seed=seed, epoch=epoch)
+            xb, yb = batches(x, y, batch_size, seed=seed, epoch=epoch)
             losses, errors, begin = [], [], 0
             for end in ends:
                 done[0] = 0
