@@ -20,6 +20,9 @@ arrays assembled from each host's own devices' slices):
 * :func:`pad_for_devices` -- a global batch that does not divide by the device
   count is padded with weight-0 examples, and the batch-norm statistics are
   masked so the padding counts for nothing (exact, however uneven).
+* :func:`host_device_flags` -- the ``XLA_FLAGS`` value that gives a CPU
+  process N devices (for trying all of this on a laptop, in tests and in
+  subprocesses).
 * :func:`collectives` -- what a program compiled for sharded inputs sends
   between devices, read from the compiled HLO (exact: no timing involved).
 * :func:`train_epoch` -- a whole epoch as one ``lax.scan`` of
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -54,8 +58,9 @@ from jax.sharding import PartitionSpec as P
 
 from lnjax import steps
 
-__all__ = ["AXIS", "COLLECTIVE_KINDS", "Collective", "collectives", "host_local", "host_shard",
-           "make_mesh", "pad_for_devices", "replicate", "shard", "train_epoch"]
+__all__ = ["AXIS", "COLLECTIVE_KINDS", "Collective", "collectives", "host_device_flags",
+           "host_local", "host_shard", "make_mesh", "pad_for_devices", "replicate", "shard",
+           "train_epoch"]
 
 AXIS = "data"
 """The default name of the mesh axis the batch is split along (:func:`make_mesh`)."""
@@ -150,6 +155,45 @@ def collectives(program: Any) -> list[Collective]:
         for parent, body, trips in loops:
             runs[body] = trips * runs.get(parent, 1)
     return [Collective(kind, arrays, runs.get(comp, 1)) for comp, kind, arrays in found]
+
+
+_HOST_DEVICES = "--xla_force_host_platform_device_count"
+
+
+def host_device_flags(count: int | None, flags: str | None = None) -> str:
+    """``XLA_FLAGS`` with XLA:CPU asked for ``count`` host devices (or for none).
+
+    XLA reads the flag when JAX first uses a backend, so set it in
+    ``os.environ["XLA_FLAGS"]`` before the first computation of the process
+    (or in a subprocess's environment). Any earlier device count in ``flags``
+    is replaced; the other flags are kept in order.
+
+    Args:
+      count: the number of CPU devices, ``>= 1``; ``None`` removes the flag
+        (one CPU device, XLA's default).
+      flags: the flags to start from (default: ``$XLA_FLAGS``, or none).
+
+    Returns:
+      The new value for ``XLA_FLAGS``.
+
+    Raises:
+      ValueError: if ``count`` is not a positive int (or ``None``).
+
+    Example:
+      >>> host_device_flags(8, "--xla_dump_to=/tmp/hlo")
+      '--xla_dump_to=/tmp/hlo --xla_force_host_platform_device_count=8'
+      >>> host_device_flags(None, "--xla_force_host_platform_device_count=8")
+      ''
+    """
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                              or count < 1):
+        raise ValueError(f"host_device_flags: count must be a positive int or None, got "
+                         f"{count!r}.")
+    current = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    kept = [f for f in current.split() if f.split("=")[0] != _HOST_DEVICES]
+    if count is not None:
+        kept.append(f"{_HOST_DEVICES}={count}")
+    return " ".join(kept)
 
 
 def make_mesh(num_devices: int | None = None, *, axis_name: str = AXIS) -> jax.sharding.Mesh:

@@ -3,13 +3,14 @@ hypothesis profiles sized for a 2-core CPU."""
 
 import os
 
-# Must happen before jax is imported anywhere: eight CPU devices let the
-# sharded and cross-device tests run on a machine without accelerators.
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+from hypothesis import HealthCheck, settings
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from lnjax import parallel
+
+# Before the first JAX computation (XLA reads the flag then): eight CPU devices let the sharded and cross-device tests run on
+# a machine without accelerators.
+os.environ["XLA_FLAGS"] = parallel.host_device_flags(8)
+
 
 settings.register_profile(
     "default", max_examples=12, deadline=None, derandomize=True,

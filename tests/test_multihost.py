@@ -40,7 +40,7 @@ class Pair:
     """The two worker processes of one launch, their output lines timed as they arrive."""
 
     def __init__(self, checkpoint_dir, out, cache):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        env = dict(os.environ, XLA_FLAGS=parallel.host_device_flags(2),
                    JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                    JAX_COMPILATION_CACHE_DIR=str(cache),
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

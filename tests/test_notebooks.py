@@ -47,6 +47,7 @@ inputtransformer2 = pytest.importorskip("IPython.core.inputtransformer2", reason
 interactiveshell = pytest.importorskip("IPython.core.interactiveshell", reason=_NOTEBOOKS)
 traitlets_config = pytest.importorskip("traitlets.config", reason=_NOTEBOOKS)
 
+from lnjax import parallel  # noqa: E402
 from tests.helpers import idx_bytes, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,9 +333,7 @@ def _kernel_env():
     env = dict(os.environ)
     # As a user's kernel: one CPU device (conftest.py asks for eight in this process) and
     # matplotlib's inline backend.
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    env["XLA_FLAGS"] = " ".join(flags)
+    env["XLA_FLAGS"] = parallel.host_device_flags(None)
     env.pop("MPLBACKEND", None)
     return env
 

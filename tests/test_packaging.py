@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from lnjax import parallel
 from tests.helpers import write_mnist_folder
 
 _DEV = "build and twine are not installed: pip install 'lnjax[dev]' (make test installs them)"
@@ -172,7 +173,8 @@ def test_the_unpacked_sdist_runs_its_tests(dists, tmp_path):
 
 def _venv_env():
     """The environment of a user's shell: nothing on PYTHONPATH, one CPU device."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["XLA_FLAGS"] = parallel.host_device_flags(None)
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

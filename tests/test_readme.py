@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from lnjax import parallel
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 ALL_BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
@@ -38,7 +40,7 @@ def test_multihost_example_runs_as_two_processes(tmp_path):
     script = script.replace('"host0:1234"', f'"localhost:{port}"').replace(
         '"/shared/run1"', repr(str(tmp_path / "run1")))
     (tmp_path / "train.py").write_text(script)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": parallel.host_device_flags(2),
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "train.py", str(i)], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
