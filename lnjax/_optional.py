@@ -22,7 +22,13 @@ EXTRAS: dict[str, tuple[str, str]] = {
 
 
 class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra."""
+    """An optional dependency is not installed; the message names the extra.
+
+    Raised by the lnjax function that needs it, with a message such as
+    ``figures need matplotlib, which is not installed: pip install "lnjax[plots]"``.
+    Public as ``lnjax.MissingExtraError``.
+    """
+    __module__ = "lnjax"
 
 
 def require(module: str, feature: str) -> ModuleType:
