@@ -1,9 +1,16 @@
 """Checkpoints: verified orbax save and restore of a train state and the run's history.
 
-Imports :mod:`lnjax.steps` (for the :class:`~lnjax.steps.TrainState` type)
-and nothing else of lnjax; :mod:`lnjax.training` imports it and re-exports
-:class:`Checkpointer`. orbax is imported when a :class:`Checkpointer` is made
-(it is an optional dependency, the ``experiments`` extra).
+Imports :mod:`lnjax.steps` (for the :class:`~lnjax.steps.TrainState` type) and
+:mod:`lnjax.checksums`, and nothing else of lnjax; :mod:`lnjax.training`
+imports it and re-exports :class:`Checkpointer`. orbax is imported when a
+:class:`Checkpointer` is made (it is an optional dependency, the
+``experiments`` extra).
+
+Steps. A checkpoint is saved under a *step* (orbax's word), an integer that
+only grows; its files are in the folder ``<directory>/<step>``.
+:func:`lnjax.training.fit` saves one checkpoint per epoch, with the epoch's
+number (1, 2, ...) as the step, so there the step of a checkpoint is the
+number of epochs it has trained.
 
 What is saved, under the checkpoint item ``state``: ``{"step", "params",
 "batch_stats", "opt_state"}`` of the state; under ``history``: the JSON history.
@@ -11,53 +18,64 @@ The model, the optimizer and static fields such as ``takes_mask`` are not
 saved: they come from the template the checkpoint is restored into.
 
 Verification. After orbax has committed a checkpoint, the size and SHA-256 of
-every file in it are written to ``<epoch>/lnjax_checksums.json`` (by the first
-process only, when several train together). Before anything is read back,
-every file is checked against that list, so damaged bytes are never restored.
-The policy for a damaged checkpoint (a changed, truncated or missing file, or
-no checksum list: a save interrupted before the list was written):
+every file in it are written to ``<step>/lnjax_checksums.json`` (by the first
+process only, when several train together; see :mod:`lnjax.checksums`). Before
+anything is read back, every file is checked against that list, so damaged
+bytes are never restored. The policy for a damaged checkpoint (a changed,
+truncated, missing or added file, or no checksum list: a save interrupted
+before the list was written):
 
 * ``restore()`` of the latest checkpoint *skips* a damaged one for the newest
-  intact one, with a :class:`DamagedCheckpointWarning` naming both epochs and
-  the folder; the next ``save()`` of that epoch moves the damaged folder aside
-  to ``<epoch>.damaged`` (kept for inspection, ignored by orbax).
-* ``restore(template, epoch)`` of a damaged epoch, or of the latest when no
+  intact one, with a :class:`DamagedCheckpointWarning` naming both steps and
+  the folder; the next ``save()`` of that step moves the damaged folder aside
+  to ``<step>.damaged`` (kept for inspection, ignored by orbax).
+* ``restore(template, step)`` of a damaged step, or of the latest when no
   checkpoint is intact, raises :class:`CheckpointError`: one short message
-  naming the epoch, the folder, what is wrong and what to do.
+  naming the step, the folder, what is wrong and what to do.
 
 Retention keeps the newest ``max_to_keep`` *intact* checkpoints (older ones
-are deleted only after a newer one is written and verified), so a damaged or
-interrupted save never costs the last good checkpoint. ``save()`` refuses a
-state with a NaN or an infinity, before anything is written.
+are deleted only after a newer one is written), so a damaged or interrupted
+save never costs the last good checkpoint. Retention reads no file contents:
+it takes a checkpoint for intact when its checksum list is there and every
+file has the name, size and modification time recorded in it
+(``checksums.check(folder, contents=False)``), so a file rewritten after the
+save counts as damaged, while bytes changed in place without a new
+modification time are found only by ``verify`` and ``restore``. ``save()``
+refuses a state with a NaN or an infinity, before anything is written.
+
+Renamed keywords: ``save(epoch=...)`` and ``restore(template, epoch=...)``
+still work, with a :class:`DeprecationWarning`, until the next release; the
+keyword is ``step``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import os
 import re
 import sys
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import jax
 import numpy as np
 
+from lnjax import checksums
+from lnjax.checksums import CHECKSUMS
 from lnjax.steps import TrainState, all_finite
 
 __all__ = ["CHECKSUMS", "CheckpointError", "Checkpointer", "DamagedCheckpointWarning"]
 
-CHECKSUMS = "lnjax_checksums.json"
-"""The name of the checksum list inside each epoch's checkpoint folder."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: damaged, unreadable, or not of the template's shape.
 
     Attributes:
-      step: the epoch of the checkpoint (``None`` when no checkpoint is intact).
+      step: the step of the checkpoint (``None`` when no checkpoint is intact).
       directory: the checkpoint folder.
     """
 
@@ -71,23 +89,21 @@ class DamagedCheckpointWarning(UserWarning):
     """A damaged newest checkpoint was skipped for the newest intact one."""
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files(folder: str) -> list[str]:
-    """Every file under ``folder`` but the checksum list, as sorted relative paths."""
-    out = []
-    for root, _, names in os.walk(folder):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), folder)
-            if rel != CHECKSUMS:
-                out.append(rel)
-    return sorted(out)
+def _renamed(old: str, new: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Accepts the keyword ``old`` for ``new`` for one release, with a DeprecationWarning."""
+    def wrap(method: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(method)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{method.__qualname__}: {old}= is the old name of {new}=; "
+                                    f"pass only {new}=.")
+                warnings.warn(f"{method.__qualname__}: the keyword {old}= is now {new}= ({old}= "
+                              "is removed in the next release).", DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return method(*args, **kwargs)
+        return call
+    return wrap
 
 
 def _is_closed_loop_noise(unraisable: Any) -> bool:
@@ -138,6 +154,28 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _from_first_process(value: int) -> int:
+    """The first process's ``value``, on every process (a barrier too, with several)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def _to_delete(steps: list[int], intact: Callable[[int], bool], max_to_keep: int) -> int:
+    """How many of ``steps`` (oldest first) retention deletes: those older than the newest
+    ``max_to_keep`` intact ones (none when fewer are intact). ``intact`` is asked newest
+    first, and no more than needed."""
+    found = 0
+    for index in range(len(steps) - 1, -1, -1):
+        if intact(steps[index]):
+            found += 1
+            if found == max_to_keep:
+                return index
+    return 0
+
+
 def _place_like(value: np.ndarray, like: Any) -> Any:
     """``value`` placed as the template leaf ``like`` is (numpy stays numpy)."""
     if not isinstance(like, jax.Array):
@@ -160,7 +198,7 @@ class Checkpointer:
 
     Args:
       directory: the checkpoint folder (created if missing).
-      max_to_keep: how many intact epochs' checkpoints to keep.
+      max_to_keep: how many intact checkpoints to keep (the newest ones).
 
     Example:
       >>> import tempfile, jax.numpy as jnp, optax, flax.linen as nn
@@ -201,46 +239,26 @@ class Checkpointer:
         return os.path.join(self.directory, str(int(step)))
 
     def latest(self) -> int | None:
-        """The latest saved epoch, intact or not, or ``None``."""
+        """The latest saved step, intact or not, or ``None``."""
         return self._manager.latest_step()
 
     def steps(self) -> list[int]:
-        """Every saved epoch, intact or not, oldest first."""
+        """Every saved step, intact or not, oldest first."""
         return sorted(self._manager.all_steps())
 
     def verify(self, step: int) -> str | None:
-        """What is wrong with epoch ``step``'s checkpoint, or ``None`` if it is intact.
+        """What is wrong with step ``step``'s checkpoint, or ``None`` if it is intact.
 
-        Every file must have the size and SHA-256 recorded when it was saved.
+        Every file must have the size and SHA-256 recorded when it was saved, and
+        no other file may be there (:func:`lnjax.checksums.check`).
         """
-        folder = self._step_dir(step)
-        listing = os.path.join(folder, CHECKSUMS)
-        if not os.path.isdir(folder):
-            return "its folder is missing"
-        try:
-            with open(listing) as f:
-                recorded = json.load(f)["files"]
-        except FileNotFoundError:
-            return (f"it has no {CHECKSUMS} (its save was interrupted, or it was written by "
-                    "an lnjax without checkpoint checksums)")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return f"its {CHECKSUMS} is unreadable ({type(e).__name__})"
-        for rel, (size, digest) in sorted(recorded.items()):
-            path = os.path.join(folder, rel)
-            if not os.path.isfile(path):
-                return f"file {rel} is missing"
-            actual = os.path.getsize(path)
-            if actual != size:
-                return f"file {rel} is {actual} bytes, {size} were saved"
-            if _sha256(path) != digest:
-                return f"file {rel} has changed since it was saved (SHA-256 differs)"
-        return None
+        return checksums.check(self._step_dir(step))
 
     def latest_intact(self) -> int | None:
-        """The newest epoch whose checkpoint is intact, or ``None`` if nothing was saved.
+        """The newest step whose checkpoint is intact, or ``None`` if nothing was saved.
 
         A damaged newer checkpoint is skipped with a :class:`DamagedCheckpointWarning`
-        naming both epochs and the folder.
+        naming both steps and the folder.
 
         Raises:
           CheckpointError: checkpoints exist but none is intact.
@@ -251,21 +269,21 @@ class Checkpointer:
             if reason is None:
                 for bad, why in damaged:
                     warnings.warn(
-                        f"Checkpoint epoch {bad} in {self.directory} is damaged ({why}); "
-                        f"skipped for epoch {step}, the newest intact one. It will be moved "
-                        f"to {bad}.damaged when epoch {bad} is saved again.",
+                        f"Checkpoint step {bad} in {self.directory} is damaged ({why}); "
+                        f"skipped for step {step}, the newest intact one. It will be moved "
+                        f"to {bad}.damaged when step {bad} is saved again.",
                         DamagedCheckpointWarning, stacklevel=2)
                 return step
             damaged.append((step, reason))
         if damaged:
-            what = "; ".join(f"epoch {s}: {why}" for s, why in damaged)
+            what = "; ".join(f"step {s}: {why}" for s, why in damaged)
             raise CheckpointError(
                 f"No intact checkpoint in {self.directory} ({what}). Move or delete that "
                 "folder to start over.", step=None, directory=self.directory)
         return None
 
     def _move_aside(self, steps: list[int]) -> None:
-        """Renames damaged epochs' folders to ``<epoch>.damaged`` (orbax ignores them).
+        """Renames damaged steps' folders to ``<step>.damaged`` (orbax ignores them).
 
         Every process has decided on ``steps`` before any folder moves.
         """
@@ -281,65 +299,88 @@ class Checkpointer:
         _barrier("lnjax-checkpoint-moved-aside")
         self._manager.reload()
 
-    def _write_checksums(self, step: int) -> None:
-        folder = self._step_dir(step)
-        if jax.process_index() == 0:
-            files = {rel: [os.path.getsize(os.path.join(folder, rel)),
-                           _sha256(os.path.join(folder, rel))] for rel in _files(folder)}
-            tmp = os.path.join(folder, CHECKSUMS + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump({"algorithm": "sha256", "files": files}, f, indent=0)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(folder, CHECKSUMS))
-        _barrier(f"lnjax-checkpoint-verified-{step}")
-
     def _remove_old(self) -> None:
         """Deletes the checkpoints older than the newest ``max_to_keep`` intact ones.
 
-        Every process decides from the same files before any is deleted.
+        Reads no file contents: a checkpoint counts as intact when its files have
+        the names, sizes and modification times of its checksum list. The first
+        process decides, and every process deletes what it decided.
         """
-        intact = [s for s in reversed(self.steps()) if self.verify(s) is None]
-        old = []
-        if len(intact) > self.max_to_keep:
-            old = [s for s in self.steps() if s < intact[self.max_to_keep - 1]]
-        _barrier("lnjax-checkpoint-retention")
-        for step in old:
+        steps = self.steps()
+        count = 0
+        if jax.process_index() == 0:
+            count = _to_delete(steps, lambda s: checksums.check(
+                self._step_dir(s), contents=False) is None, self.max_to_keep)
+        for step in steps[:_from_first_process(count)]:
             self._manager.delete(step)
 
-    def save(self, epoch: int, state: TrainState, history: Mapping[str, Any]) -> None:
-        """Saves ``state`` and ``history`` as epoch ``epoch``, verified, and waits until written.
+    @_renamed("epoch", "step")
+    def save(self, step: int, state: TrainState, history: Mapping[str, Any]) -> None:
+        """Saves ``state`` and ``history`` as step ``step``, verified, and waits until written.
+
+        Then deletes the checkpoints older than the newest ``max_to_keep`` intact ones.
+
+        Args:
+          step: the checkpoint's step, above every intact saved one
+            (:func:`lnjax.training.fit` passes the epoch's number).
+          state: the state to save (its arrays must be finite).
+          history: a JSON-serializable mapping saved with it.
 
         Raises:
           FloatingPointError: the state holds a NaN or an infinity (nothing is written).
-          ValueError: an intact checkpoint of epoch ``epoch`` or later already exists.
+          ValueError: an intact checkpoint of step ``step`` or later already exists.
         """
         ocp = self._ocp
-        epoch = int(epoch)
+        step = int(step)
         tree = self._tree(state)
         if not all_finite(tree):
             raise FloatingPointError(
-                f"Checkpointer.save: the state of epoch {epoch} holds a NaN or an infinity; "
+                f"Checkpointer.save: the state of step {step} holds a NaN or an infinity; "
                 f"nothing was saved in {self.directory}.")
-        later = [step for step in self.steps() if step >= epoch]
-        for step in later:
-            if self.verify(step) is None:
-                raise ValueError(f"Checkpointer.save: epoch {step} is already saved in "
-                                 f"{self.directory}; cannot save epoch {epoch}.")
+        later = [s for s in self.steps() if s >= step]
+        for s in later:
+            if self.verify(s) is None:
+                raise ValueError(f"Checkpointer.save: step {s} is already saved in "
+                                 f"{self.directory}; cannot save step {step}.")
         if later:  # damaged ones (skipped by the restore): kept aside, never overwritten
             self._move_aside(later)
-        saved = self._manager.save(epoch, args=ocp.args.Composite(
+        saved = self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), history=ocp.args.JsonSave(dict(history))))
         self._manager.wait_until_finished()
         if not saved:
-            raise RuntimeError(f"Checkpointer.save: orbax declined to save epoch {epoch} "
+            raise RuntimeError(f"Checkpointer.save: orbax declined to save step {step} "
                                f"in {self.directory}.")
-        self._write_checksums(epoch)
+        if jax.process_index() == 0:
+            checksums.write(self._step_dir(step))
+        _barrier(f"lnjax-checkpoint-verified-{step}")
         self._remove_old()
 
-    def restore(self, template: TrainState, epoch: int | None = None
+    def _checked_step(self, step: int | None) -> int:
+        """The step to restore: ``step`` if its checkpoint is intact, else a CheckpointError
+        (default: the newest intact one, or a FileNotFoundError when nothing was saved)."""
+        if step is None:
+            step = self.latest_intact()
+            if step is None:
+                raise FileNotFoundError(f"Checkpointer.restore: no checkpoint in "
+                                        f"{self.directory}.")
+            return step
+        step = int(step)
+        if step not in self.steps():
+            raise CheckpointError(
+                f"No checkpoint of step {step} in {self.directory} (saved steps: "
+                f"{self.steps()}).", step=step, directory=self.directory)
+        reason = self.verify(step)
+        if reason is not None:
+            raise CheckpointError(
+                f"Checkpoint step {step} in {self.directory} is damaged: {reason}. "
+                f"Restore another step, or move or delete that folder to start over.",
+                step=step, directory=self.directory)
+        return step
+
+    @_renamed("epoch", "step")
+    def restore(self, template: TrainState, step: int | None = None
                 ) -> tuple[TrainState, dict[str, Any]]:
-        """The state and history saved at ``epoch`` (default: the newest intact one).
+        """The state and history saved at ``step`` (default: the newest intact one).
 
         Every file is checked against its recorded checksum first. Leaves are
         placed as the template's are (with its shardings; global arrays are
@@ -348,7 +389,7 @@ class Checkpointer:
         Args:
           template: a state of the same structure (e.g. a freshly created one);
             it provides the model, the optimizer, ``takes_mask`` and the shapes.
-          epoch: which checkpoint (default: the newest intact one; a damaged
+          step: which checkpoint (default: the newest intact one; a damaged
             newer one is skipped with a :class:`DamagedCheckpointWarning`).
 
         Returns:
@@ -357,41 +398,25 @@ class Checkpointer:
         Raises:
           FileNotFoundError: nothing was saved in the folder.
           CheckpointError: the checkpoint is damaged, unreadable or does not fit
-            ``template`` (one message naming the epoch and the folder).
+            ``template`` (one message naming the step and the folder).
         """
         ocp = self._ocp
-        if epoch is None:
-            epoch = self.latest_intact()
-            if epoch is None:
-                raise FileNotFoundError(f"Checkpointer.restore: no checkpoint in "
-                                        f"{self.directory}.")
-        else:
-            epoch = int(epoch)
-            if epoch not in self.steps():
-                raise CheckpointError(
-                    f"No checkpoint of epoch {epoch} in {self.directory} (saved epochs: "
-                    f"{self.steps()}).", step=epoch, directory=self.directory)
-            reason = self.verify(epoch)
-            if reason is not None:
-                raise CheckpointError(
-                    f"Checkpoint epoch {epoch} in {self.directory} is damaged: {reason}. "
-                    f"Restore another epoch, or move or delete that folder to start over.",
-                    step=epoch, directory=self.directory)
+        step = self._checked_step(step)
         like = self._tree(template)
         # numpy leaves: restored on the host, whatever sharding they were saved with
         target = jax.tree.map(lambda a: np.empty(np.shape(a), getattr(a, "dtype", None)
                                                  or np.result_type(a)), like)
         _contain_orbax_noise()
         try:
-            out = self._manager.restore(epoch, args=ocp.args.Composite(
+            out = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types; summarized below
             raise CheckpointError(
-                f"Checkpoint epoch {epoch} in {self.directory} could not be restored "
-                f"({_summary(e, self._step_dir(epoch))}). Check that the model and optimizer "
+                f"Checkpoint step {step} in {self.directory} could not be restored "
+                f"({_summary(e, self._step_dir(step))}). Check that the model and optimizer "
                 "are the ones it was saved with; if they are, the checkpoint is unreadable: "
-                "restore another epoch, or move or delete that folder to start over.",
-                step=epoch, directory=self.directory) from None
+                "restore another step, or move or delete that folder to start over.",
+                step=step, directory=self.directory) from None
         tree = jax.tree.map(_place_like, out["state"], like)
         state = template.replace(step=tree["step"], params=tree["params"],
                                  batch_stats=tree["batch_stats"], opt_state=tree["opt_state"])

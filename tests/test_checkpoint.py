@@ -1,13 +1,15 @@
 """Checkpoints under damage (lnjax.checkpoint, and fit's resume and NaN guard above it).
 
 The policy under test: a damaged newest checkpoint is skipped for the newest intact one
-(a one-line DamagedCheckpointWarning naming both epochs and the folder) and moved aside
-to ``<epoch>.damaged`` when that epoch is saved again; an explicitly requested damaged
-epoch, or a folder with no intact checkpoint, is refused with one short CheckpointError.
-Damaged bytes are never restored, a non-finite epoch is never saved, and retention
-never deletes the last intact checkpoint.
+(a one-line DamagedCheckpointWarning naming both steps and the folder) and moved aside
+to ``<step>.damaged`` when that step is saved again; an explicitly requested damaged
+step, or a folder with no intact checkpoint, is refused with one short CheckpointError.
+Damaged bytes are never restored, a non-finite state is never saved, and retention
+never deletes the last intact checkpoint, nor reads the kept checkpoints' files.
+fit saves one checkpoint per epoch with the epoch's number as its step.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +26,7 @@ import numpy as np
 import optax
 import pytest
 
-from lnjax import checkpoint, training
+from lnjax import checkpoint, checksums, training
 from lnjax import linen as lnn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,8 +127,13 @@ def delete_checksums(step_dir):
     (step_dir / checkpoint.CHECKSUMS).unlink()
 
 
+def add_file(step_dir):
+    """A file that was not there when the checkpoint was saved."""
+    (step_dir / "state" / "d" / "stray").write_bytes(b"not saved by orbax")
+
+
 DAMAGE = [flip_64_bytes, truncate_data_file, delete_data_file, delete_metadata,
-          truncate_history, delete_checksums]
+          truncate_history, delete_checksums, add_file]
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=[d.__name__ for d in DAMAGE])
@@ -140,11 +147,11 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_resume_is_exact(
     assert_equal_runs(resumed, uninterrupted)  # trained from epoch 1's intact checkpoint
     (message,) = [str(w.message) for w in caught
                   if w.category is checkpoint.DamagedCheckpointWarning]
-    assert "epoch 2" in message and "epoch 1" in message and str(folder) in message
+    assert "step 2" in message and "step 1" in message and str(folder) in message
     assert "\n" not in message and len(message) < 400
     err = capfd.readouterr().err
     assert "Event loop is closed" not in err and len(err.splitlines()) < 10, err
-    # The damaged epoch 2 is kept aside, never trained on or overwritten; 2 and 3 are intact.
+    # The damaged step 2 is kept aside, never trained on or overwritten; 2 and 3 are intact.
     assert sorted(os.listdir(folder)) == ["2", "2.damaged", "3"]
     ckpt = training.Checkpointer(folder)
     assert [ckpt.verify(s) for s in ckpt.steps()] == [None, None]
@@ -152,7 +159,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_resume_is_exact(
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=[d.__name__ for d in DAMAGE])
-def test_restoring_a_damaged_epoch_is_one_short_error(damage, tmp_path, capfd, two_epochs):
+def test_restoring_a_damaged_step_is_one_short_error(damage, tmp_path, capfd, two_epochs):
     folder = tmp_path / "ckpt"
     damage(two_epochs(folder))
     ckpt = training.Checkpointer(folder)
@@ -161,16 +168,16 @@ def test_restoring_a_damaged_epoch_is_one_short_error(damage, tmp_path, capfd, t
         ckpt.restore(new_state(), 2)
     ckpt.close()
     message = str(info.value)
-    assert message.startswith(f"Checkpoint epoch 2 in {folder} is damaged: ")
+    assert message.startswith(f"Checkpoint step 2 in {folder} is damaged: ")
     assert "delete" in message and "\n" not in message and len(message) < 400, message
     assert info.value.step == 2 and info.value.directory == str(folder)
     assert info.value.__cause__ is None and info.value.__context__ is None  # no second traceback
     assert capfd.readouterr().err == ""
 
 
-def test_the_damaged_run_from_the_issue_prints_a_few_lines_and_resumes(tmp_path, uninterrupted,
-                                                                       two_epochs):
-    """The issue's case as a user meets it: a fresh process resumes next to 64 flipped bytes."""
+def test_a_fresh_process_resumes_next_to_flipped_bytes_in_a_few_lines(tmp_path, uninterrupted,
+                                                                      two_epochs):
+    """As a user meets it: a fresh process resumes next to 64 flipped bytes."""
     folder = tmp_path / "ckpt"
     flip_64_bytes(two_epochs(folder))
     script = ("import sys, numpy as np\n"
@@ -186,7 +193,7 @@ def test_the_damaged_run_from_the_issue_prints_a_few_lines_and_resumes(tmp_path,
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stderr.strip().splitlines()
     assert len(lines) < 10, run.stderr
-    assert any("DamagedCheckpointWarning" in line and "epoch 2" in line and "epoch 1" in line
+    assert any("DamagedCheckpointWarning" in line and "step 2" in line and "step 1" in line
                and str(folder) in line for line in lines), run.stderr
     got = np.load(out)
     for k, expect in enumerate(uninterrupted[0]):
@@ -201,8 +208,8 @@ def test_no_intact_checkpoint_is_refused_before_training(tmp_path, two_epochs):
     with pytest.raises(checkpoint.CheckpointError) as info:
         training.fit(new_state(), (X, Y), epochs=3, checkpoint_dir=folder, **KW)
     message = str(info.value)
-    assert message.startswith(f"No intact checkpoint in {folder} (epoch 2: file state/")
-    assert "epoch 1: file state/_METADATA is missing" in message and "delete" in message
+    assert message.startswith(f"No intact checkpoint in {folder} (step 2: file state/")
+    assert "step 1: file state/_METADATA is missing" in message and "delete" in message
     assert "\n" not in message
     assert sorted(os.listdir(folder)) == ["1", "2"]  # nothing trained, nothing written
 
@@ -212,6 +219,7 @@ def test_checksums_cover_every_file_of_a_checkpoint(tmp_path, two_epochs):
     step = two_epochs(folder)
     recorded = json.loads((step / checkpoint.CHECKSUMS).read_text())["files"]
     on_disk = {str(p.relative_to(step)) for p in step.rglob("*") if p.is_file()}
+    assert checkpoint.CHECKSUMS is checksums.CHECKSUMS  # one list, written by lnjax.checksums
     assert set(recorded) == on_disk - {checkpoint.CHECKSUMS}
     assert "state/_METADATA" in recorded and "history/metadata" in recorded
     assert all(len(digest) == 64 for _, digest in recorded.values())
@@ -268,7 +276,7 @@ def test_an_unreadable_but_consistent_checkpoint_is_one_short_error(tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert run.returncode == 0, run.stderr[-3000:]
     message = run.stdout.strip()
-    assert message.startswith(f"Checkpoint epoch 1 in {folder} could not be restored (")
+    assert message.startswith(f"Checkpoint step 1 in {folder} could not be restored (")
     assert "OUT_OF_RANGE" in message and "state/d/" in message
     assert "\n" not in message and len(message) < 600, message
     assert "Event loop is closed" not in run.stderr and len(run.stderr.splitlines()) < 10
@@ -284,7 +292,7 @@ def test_a_checkpoint_of_another_model_is_one_short_error(tmp_path, two_epochs):
             return nn.Dense(3)(x)
 
     other = training.create_train_state(Other(), optax.adam(0.01), X[:1], seed=0)
-    with pytest.raises(checkpoint.CheckpointError, match=r"^Checkpoint epoch 2 in .* could not "
+    with pytest.raises(checkpoint.CheckpointError, match=r"^Checkpoint step 2 in .* could not "
                        r"be restored .*model and optimizer") as info:
         training.fit(other, (X, Y), epochs=3, checkpoint_dir=folder, **KW)
     assert "\n" not in str(info.value)
@@ -327,7 +335,7 @@ def test_save_refuses_a_non_finite_state(tmp_path):
     bad = state.replace(params=jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.inf),
                                             state.params))
     ckpt = training.Checkpointer(tmp_path / "ckpt")
-    with pytest.raises(FloatingPointError, match="epoch 1 holds a NaN or an infinity; nothing"):
+    with pytest.raises(FloatingPointError, match="step 1 holds a NaN or an infinity; nothing"):
         ckpt.save(1, bad, {"epoch": [1]})
     assert ckpt.steps() == []
     ckpt.close()
@@ -335,11 +343,11 @@ def test_save_refuses_a_non_finite_state(tmp_path):
 
 
 def test_retention_counts_only_intact_checkpoints(tmp_path):
-    """max_to_keep=2 with a damaged epoch 2: saving epoch 3 keeps epoch 1, the other intact one."""
+    """max_to_keep=2 with a damaged step 2: saving step 3 keeps step 1, the other intact one."""
     state = new_state()
     ckpt = training.Checkpointer(tmp_path / "ckpt", max_to_keep=2)
-    for epoch in (1, 2):
-        ckpt.save(epoch, state, {"epoch": [epoch]})
+    for step in (1, 2):
+        ckpt.save(step, state, {"epoch": [step]})
     flip_64_bytes(tmp_path / "ckpt" / "2")
     ckpt.save(3, state, {"epoch": [3]})
     assert ckpt.steps() == [1, 2, 3]
@@ -349,21 +357,21 @@ def test_retention_counts_only_intact_checkpoints(tmp_path):
     ckpt.close()
 
 
-def test_saving_over_an_intact_epoch_is_refused(tmp_path):
+def test_saving_over_an_intact_step_is_refused(tmp_path):
     state = new_state()
     ckpt = training.Checkpointer(tmp_path / "ckpt")
     ckpt.save(2, state, {"epoch": [2]})
-    with pytest.raises(ValueError, match="epoch 2 is already saved"):
+    with pytest.raises(ValueError, match="step 2 is already saved"):
         ckpt.save(2, state, {"epoch": [2]})
-    with pytest.raises(ValueError, match="epoch 2 is already saved"):
+    with pytest.raises(ValueError, match="step 2 is already saved"):
         ckpt.save(1, state, {"epoch": [1]})
     ckpt.close()
 
 
-def test_restoring_a_missing_epoch_names_the_saved_ones(tmp_path):
+def test_restoring_a_missing_step_names_the_saved_ones(tmp_path):
     ckpt = training.Checkpointer(tmp_path / "ckpt")
     ckpt.save(1, new_state(), {"epoch": [1]})
-    with pytest.raises(checkpoint.CheckpointError, match=r"No checkpoint of epoch 5 .*\[1\]"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"No checkpoint of step 5 .*\[1\]"):
         ckpt.restore(new_state(), 5)
     ckpt.close()
 
@@ -381,3 +389,71 @@ def test_an_intact_checkpoint_restores_without_warnings(tmp_path, uninterrupted,
         warnings.simplefilter("error", checkpoint.DamagedCheckpointWarning)
         resumed = training.fit(new_state(), (X, Y), epochs=3, checkpoint_dir=folder, **KW)
     assert_equal_runs(resumed, uninterrupted)
+
+
+RECORDING: list[list[str]] = []  # the lists that files_opened blocks are filling
+
+
+def record_opens(event, args):
+    if RECORDING and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+        RECORDING[-1].append(os.path.abspath(os.fsdecode(args[0])))
+
+
+@contextlib.contextmanager
+def files_opened():
+    """The paths opened from Python (any thread) inside the block. The audit hook behind it
+    is installed once and for good (audit hooks cannot be removed); outside a block it
+    records nothing."""
+    if not getattr(files_opened, "installed", False):
+        sys.addaudithook(record_opens)
+        files_opened.installed = True
+    paths: list[str] = []
+    RECORDING.append(paths)
+    try:
+        yield paths
+    finally:
+        RECORDING.remove(paths)
+
+
+def test_retention_reads_no_file_of_the_kept_checkpoints(tmp_path):
+    """Saving step 3 with max_to_keep=2 deletes step 1 and opens no file of step 2, the kept
+    one, but its checksum list: retention compares names, sizes and modification times
+    with the list, it hashes nothing (saving step 3 hashes step 3's files only)."""
+    state = new_state()
+    folder = tmp_path / "ckpt"
+    ckpt = training.Checkpointer(folder, max_to_keep=2)
+    for step in (1, 2):
+        ckpt.save(step, state, {"epoch": [step]})
+    with files_opened() as paths:
+        ckpt.save(3, state, {"epoch": [3]})
+    assert ckpt.steps() == [2, 3]
+    ckpt.close()
+    opened = {Path(p) for p in paths}
+    written = [p for p in opened if p.is_relative_to(folder / "3" / "state")]
+    assert written, paths  # the hook sees the hashing of the new checkpoint's files
+    kept = [p for p in opened if p.is_relative_to(folder / "2")]
+    assert kept == [folder / "2" / checksums.CHECKSUMS], kept
+
+
+def test_the_epoch_keyword_works_for_one_release_with_a_deprecation_warning(tmp_path):
+    state = new_state()
+    ckpt = training.Checkpointer(tmp_path / "ckpt")
+    with pytest.warns(DeprecationWarning, match=r"^Checkpointer.save: the keyword epoch= is "
+                                                r"now step= ") as caught:
+        ckpt.save(epoch=1, state=state, history={"epoch": [1]})
+    assert caught[0].filename == __file__  # the warning points at the caller
+    assert ckpt.steps() == [1]
+    with pytest.warns(DeprecationWarning, match=r"^Checkpointer.restore: the keyword epoch= "
+                                                r"is now step= "):
+        restored, history = ckpt.restore(state, epoch=1)
+    assert history == {"epoch": [1]}
+    for a, b in zip(leaves(restored), leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="pass only step="):
+        ckpt.restore(state, step=1, epoch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert ckpt.restore(state, step=1)[1] == ckpt.restore(state, 1)[1] == {"epoch": [1]}
+        ckpt.save(step=2, state=state, history={"epoch": [1, 2]})
+    assert ckpt.steps() == [1, 2]
+    ckpt.close()
