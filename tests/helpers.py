@@ -1,8 +1,10 @@
-"""Helpers shared by the test modules: small MNIST-format IDX files with known values."""
+"""Helpers shared by the test modules: small MNIST-format IDX files with known values, and
+the environment of lnjax.data's search for them."""
 
 import gzip
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,12 +61,50 @@ def known_sha256(folder, name):
     return entries
 
 
-def small_mnist(root, monkeypatch, n_train, n_val, n_test):
-    """``write_mnist_folder`` in ``root/data/mnist`` with ``n_train + n_val`` training examples,
-    the last ``n_val`` of them the validation split; returns ``root/data`` (the data_dir)."""
+def add_known_sha256(monkeypatch, entries):
+    """Adds ``entries`` (such as ``known_sha256(folder, name)``) to ``lnjax.data.KNOWN_SHA256``,
+    which load reads at each call, for one test: ``monkeypatch`` takes them out afterwards."""
     from lnjax import data
 
+    for digest, entry in entries.items():
+        monkeypatch.setitem(data.KNOWN_SHA256, digest, entry)
+
+
+def isolate_data(monkeypatch, tmp_path):
+    """No IDX data anywhere by default: an empty HOME (so ``~/.cache/lnjax``), no
+    ``$LNJAX_DATA_DIR``, and ``$LNJAX_SYSTEM_DATA_DIR`` at ``tmp_path/debian`` (empty, in place
+    of /usr/share/datasets); returns the HOME folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LNJAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("LNJAX_SYSTEM_DATA_DIR", str(tmp_path / "debian"))
+    return home
+
+
+class SmallMnist(NamedTuple):
+    """A small MNIST-format data set written by :func:`small_mnist`."""
+
+    data_dir: Path  # the folder to pass as data_dir / --data-dir (the files are in mnist/)
+    validation_size: int  # the last examples of the training file: the validation split
+
+    @property
+    def flags(self):
+        """The experiments' command-line flags that load it: ``--data-dir``,
+        ``--validation-size``."""
+        return ["--data-dir", str(self.data_dir), "--validation-size", str(self.validation_size)]
+
+    def load_splits(self, **kwargs):
+        """``lnjax.data.load_splits("mnist", ...)`` of this data set."""
+        from lnjax import data
+
+        return data.load_splits("mnist", data_dir=self.data_dir,
+                                validation_size=self.validation_size, **kwargs)
+
+
+def small_mnist(root, n_train, n_val, n_test):
+    """``write_mnist_folder`` in ``root/data/mnist`` with ``n_train + n_val`` training examples
+    (the last ``n_val`` of them the validation split) and ``n_test`` test examples; returns a
+    :class:`SmallMnist` (its ``data_dir`` is ``root/data``)."""
     write_mnist_folder(Path(root) / "data" / "mnist", n_train + n_val, n_test)
-    monkeypatch.setattr(data, "_VALIDATION_SIZE", n_val)
-    data._read_idx_cached.cache_clear()
-    return Path(root) / "data"
+    return SmallMnist(Path(root) / "data", n_val)
