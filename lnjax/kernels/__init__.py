@@ -38,9 +38,10 @@ right one for each platform):
                       in interpret mode                (Triton on GPU, Mosaic on TPU)
 ====================  ===============================  ==================================
 
-``implementation=None`` takes :data:`DEFAULTS`, the platform's default. A
-platform's default becomes ``"pallas"`` only after a run on that hardware
-measured it faster than ``"xla"``; until then it is ``"xla"`` everywhere.
+``implementation=None`` takes :data:`DEFAULTS`, the platform's default:
+``"xla"`` on every platform. A platform's default is ``"pallas"`` only where a
+run on that hardware has shown the Pallas kernels correct and faster than
+``"xla"``.
 """
 
 from __future__ import annotations

@@ -69,17 +69,22 @@ backward kernels and the statistics-writing forward kernel are each a
 function (the transpose of :func:`lnjax.kernels.xla.tangent`, and
 :func:`lnjax.kernels.xla.forward`).
 
-Proven where: on a CPU the interpret backends run the same kernel bodies
-(tests/test_pallas.py, against float64 references). The ``"triton"`` and
-``"mosaic"`` kernels were only *lowered*, on a CPU-only machine: ``jax.export``
-for ``cuda`` (and ``rocm``) generates the Triton IR (so every op is one the
-Pallas Triton lowering accepts) inside a ``__gpu$xla.gpu.triton`` custom call,
-and for ``tpu`` the serialized Mosaic kernel inside a ``tpu_custom_call``. Nothing
-was compiled by Triton or by Mosaic (whose layout passes run in libtpu at
-compile time) nor run on a GPU or TPU; the block sizes, ``num_warps`` and
-``TPU_BLOCK_ELEMENTS`` are untuned first choices. Each row stays whole on
-chip: very wide rows (tens of thousands of elements and more) spill registers
-on GPU, and on TPU a block of 16 such rows must fit ``TPU_VMEM_LIMIT_BYTES``.
+Checking without the hardware: the interpret backends run the same kernel
+bodies as the compiled ones, with ordinary JAX ops, so a CPU holds both kernel
+styles against float64 references (tests/test_kernels_pallas.py). For the
+compiled backends a CPU can go as far as lowering: ``jax.export`` for
+``cuda`` (and ``rocm``) generates the Triton IR inside a
+``__gpu$xla.gpu.triton`` custom call, which shows that every op is one the
+Pallas Triton lowering accepts, and for ``tpu`` the serialized Mosaic kernel
+inside a ``tpu_custom_call``. Compiling is left to the hardware's toolchain
+(Triton's passes on the GPU, Mosaic's layout passes in libtpu), so only a run
+on a GPU or TPU shows that a kernel compiles, and how fast it is.
+
+Block sizes follow from the shape alone (:func:`triton_blocks`,
+:func:`tpu_block_rows`, ``TRITON_BLOCK_ELEMENTS``, ``TPU_BLOCK_ELEMENTS``),
+not from timings of a device. Each row stays whole on chip: very wide rows
+(tens of thousands of elements and more) spill registers on GPU, and on TPU a
+block of 16 such rows must fit ``TPU_VMEM_LIMIT_BYTES``.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ JAX transposes it into the analytic backward; forward mode, ``jacfwd`` and
 row (shift, mean, reciprocal std) and recomputes ``xh`` in the backward pass.
 
 Tricks for XLA:CPU (they block fusions on GPU and TPU, which take
-:mod:`lnjax.kernels.xla` instead); ``python -m benchmarks.run`` measures the
-kernel against flax:
+:mod:`lnjax.kernels.xla` instead); ``python -m benchmarks.run`` times the
+kernel against flax, with and without them:
 
 * **Per-use copies of per-row values** (:func:`per_use`,
   ``optimization_barrier``): for arrays of at least ``SPLIT_USES_FROM``
@@ -41,8 +41,10 @@ kernel against flax:
   differently, so every use sees one value.
 
 ``SPLIT_USES_FROM`` switches the first two on; set it beyond the array size
-to turn them off. They leave the forward pass as it is and make the backward
-pass faster by a factor of about two to three on large arrays.
+to turn them off. They change how XLA:CPU compiles the backward pass (which
+buffers it materializes, which reductions become matrix-vector products); the
+values are the same either way, and the forward pass computes ``y`` with the
+same operations.
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ from lnjax.kernels import xla
 
 Array = jax.Array
 
-# Below this many elements the per-row values are shared by all their uses:
-# the arrays are small, so a broadcast buffer costs nothing, and letting XLA
-# fuse freely saves kernel launches (which dominate inside lax.scan).
 SPLIT_USES_FROM = 1 << 16
+"""Arrays of at least this many elements take the per-use copies and the matmuls.
+
+Below it the per-row values are shared by all their uses: the arrays are
+small, so a broadcast buffer costs little, and letting XLA fuse freely saves
+kernel launches (which dominate inside ``lax.scan``)."""
 
 
 def per_use(a: Array, n: int, split: bool) -> tuple[Array, ...]:
@@ -85,7 +89,8 @@ def row_stats(x: Array, *, epsilon: float, centered: bool,
     # a consumer could recompute and round differently), so every use sees one
     # value; XLA may fuse it with the sums below into a single kernel.
     shift = lax.stop_gradient(jnp.sum(x * inv_h, axes, keepdims=True))
-    s_sum, s_sq = per_use(shift, 2, True)  # shared, x - shift would be materialized
+    # A copy per sum: one value shared by both would have XLA:CPU materialize x - shift.
+    s_sum, s_sq = per_use(shift, 2, True)
     mean = jnp.sum(x - s_sum, axes, keepdims=True) * inv_h
     d = x - s_sq
     var = jnp.maximum(jnp.sum(d * d, axes, keepdims=True) * inv_h - mean * mean, 0)

@@ -126,7 +126,7 @@ def _ln_vjp_reference(x, scale, dy, epsilon):
 def test_gradients_exact_far_from_zero(shape):
     """f32 rows at 1e6 standard deviations from zero: values and all three gradients.
 
-    Both sizes: small arrays and large ones (from ``_SPLIT_USES_FROM``
+    Both sizes: small arrays and large ones (from ``SPLIT_USES_FROM``
     elements) take differently arranged kernels.
     """
     assert (shape[0] * shape[1] >= xla_cpu.SPLIT_USES_FROM) == (shape[0] == 128)

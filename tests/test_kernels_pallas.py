@@ -65,7 +65,7 @@ def _reference(x, scale, bias, dy, *, centered, epsilon):
 
 
 def _check(got, want, dtype, name):
-    """f32: the XLA path's tolerances (tests/test_fused.py); half: one ulp of the result."""
+    """f32: the XLA path's tolerances (tests/test_kernels.py); half: one ulp of the result."""
     got = np.asarray(got, np.float64)
     if jnp.dtype(dtype) == jnp.float32:
         err = np.max(np.abs(got - want))
