@@ -1,10 +1,16 @@
-"""lnjax.steps.batches: one shuffled epoch stacked for a lax.scan."""
+"""lnjax.steps: batches (one shuffled epoch stacked for a lax.scan), the losses, dropout's
+RNG streams and NNX models in the steps."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
+from lnjax import nnx as lnnx
+from lnjax import steps
 from lnjax.steps import batches
 
 
@@ -69,3 +75,168 @@ def test_batches_errors(kwargs, err, match):
     kwargs.setdefault("seed", 0)
     with pytest.raises(err, match=match):
         batches(np.zeros((10, 2)), labels, **kwargs)
+
+
+# ------------------------------------------------ losses, dropout and NNX models in the steps
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(16, 6)).astype(np.float32)
+LABELS = RNG.integers(0, 3, 16).astype(np.int32)
+TARGETS = np.stack([X[:, :3].sum(1), X[:, 3:].sum(1)], 1).astype(np.float32)  # (16, 2)
+
+
+class Dense(nn.Module):
+    """6 -> ``out`` with optional dropout before the output layer."""
+
+    out: int = 3
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = nn.relu(nn.Dense(8)(x))
+        x = nn.Dropout(self.rate, deterministic=not train)(x)
+        return nn.Dense(self.out)(x)
+
+
+def mse(outputs, targets):
+    return jnp.mean((outputs - targets) ** 2, axis=-1)
+
+
+def mse_and_misses(outputs, targets):
+    """The squared error, and an "error" where any output is off by more than 1."""
+    return mse(outputs, targets), jnp.any(jnp.abs(outputs - targets) > 1, -1)
+
+
+def test_the_default_loss_is_classification_loss():
+    default = steps.create_train_state(Dense(), optax.sgd(0.1), X[:1], seed=0)
+    explicit = steps.create_train_state(Dense(), optax.sgd(0.1), X[:1], seed=0,
+                                        loss_fn=steps.classification_loss)
+    batch = {"x": X, "y": LABELS}
+    (s1, m1), (s2, m2) = steps.train_step(default, batch), steps.train_step(explicit, batch)
+    logits = default.apply_fn({"params": default.params}, X, train=True)
+    expect = optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean()
+    np.testing.assert_allclose(m1["loss"], expect, rtol=1e-6)
+    np.testing.assert_allclose(m1["error"], np.mean(np.argmax(logits, -1) != LABELS), rtol=1e-6)
+    assert (m1["loss"], m1["error"]) == (m2["loss"], m2["error"])
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_regression_loss_on_float_targets_reports_the_loss_alone():
+    state = steps.create_train_state(Dense(out=2), optax.sgd(0.1), X[:1], seed=0, loss_fn=mse)
+    w = np.array([1.0] * 12 + [0.0] * 4, np.float32)
+    new, m = steps.train_step(state, {"x": X, "y": TARGETS, "weight": w})
+    assert set(m) == {"loss"}
+    out = state.apply_fn({"params": state.params}, X, train=True)
+    np.testing.assert_allclose(m["loss"], np.mean(np.mean((out - TARGETS) ** 2, -1)[:12]),
+                               rtol=1e-6)
+    assert int(new.step) == 1
+    assert steps.metric_names(state, X, TARGETS) == ("loss",)
+    assert set(steps.evaluate(state, X, TARGETS, batch_size=5)) == {"loss"}
+    np.testing.assert_allclose(steps.evaluate(state, X, TARGETS, batch_size=5)["loss"],
+                               float(np.mean((out - TARGETS) ** 2)), rtol=1e-5)
+    epoch_state, metrics = steps.train_epoch(state, X.reshape(4, 4, 6), TARGETS.reshape(4, 4, 2))
+    assert set(metrics) == {"loss"} and metrics["loss"].shape == (4,)
+    assert int(epoch_state.step) == 4
+
+
+def test_a_loss_with_errors_reports_them():
+    state = steps.create_train_state(Dense(out=2), optax.sgd(0.1), X[:1], seed=0,
+                                     loss_fn=mse_and_misses)
+    _, m = steps.train_step(state, {"x": X, "y": TARGETS})
+    out = state.apply_fn({"params": state.params}, X, train=True)
+    np.testing.assert_allclose(m["error"], np.mean(np.any(np.abs(out - TARGETS) > 1, -1)))
+    assert steps.metric_names(state, X, TARGETS) == ("loss", "error")
+    assert set(steps.evaluate(state, X, TARGETS)) == {"loss", "error"}
+
+
+def test_a_loss_that_is_not_per_example_is_refused():
+    state = steps.create_train_state(Dense(out=2), optax.sgd(0.1), X[:1], seed=0,
+                                     loss_fn=lambda out, y: jnp.mean((out - y) ** 2))
+    with pytest.raises(ValueError, match=r"per-example losses of shape \(16,\).* got shape \(\)"):
+        steps.train_step(state, {"x": X, "y": TARGETS})
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        steps.create_train_state(Dense(), optax.sgd(0.1), X[:1], seed=0, loss_fn="mse")
+    with pytest.raises(TypeError, match="rng_streams must be strings"):
+        steps.create_train_state(Dense(), optax.sgd(0.1), X[:1], seed=0, rng_streams=(1,))
+
+
+def test_epoch_shapes_take_targets_of_any_rank():
+    steps.check_epoch_shapes(np.zeros((3, 4, 6)), np.zeros((3, 4, 2)))
+    with pytest.raises(ValueError, match="xb must be"):
+        steps.check_epoch_shapes(np.zeros((3, 4, 6)), np.zeros((3, 5, 2)))
+
+
+def test_dropout_masks_follow_the_seed_and_the_step():
+    """A Linen model with nn.Dropout trains (no InvalidRngError); its masks are a function of
+    the seed and the step: the same state gives the same step, another step or seed another."""
+    state = steps.create_train_state(Dense(rate=0.5), optax.sgd(0.1), X[:1], seed=0)
+    batch = {"x": X, "y": LABELS}
+    step = jax.jit(steps.train_step)
+    loss = float(step(state, batch)[1]["loss"])
+    assert float(step(state, batch)[1]["loss"]) == loss
+    assert float(step(state.replace(step=1), batch)[1]["loss"]) != loss
+    other = steps.create_train_state(Dense(rate=0.5), optax.sgd(0.1), X[:1], seed=1)
+    other = other.replace(params=state.params)  # the same parameters, another seed's masks
+    assert float(step(other, batch)[1]["loss"]) != loss
+    # Inference mode draws nothing: evaluation is the deterministic model's.
+    logits = state.apply_fn({"params": state.params}, X, train=False)
+    expect = optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean()
+    np.testing.assert_allclose(steps.evaluate(state, X, LABELS)["loss"], expect, rtol=1e-5)
+
+
+class NNXNet(nnx.Module):
+    """An NNX classifier with lnjax's NNX batch norm (masked), dropout and a list of layers."""
+
+    def __init__(self, rngs, rate=0.0):
+        self.layers = nnx.List([nnx.Linear(6, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)])
+        self.norm = lnnx.BatchNorm(8, momentum=0.9, rngs=rngs)
+        self.drop = nnx.Dropout(rate, rngs=rngs)
+
+    def __call__(self, x, mask=None):
+        h = nnx.relu(self.norm(self.layers[0](x), mask=mask))
+        return self.layers[1](self.drop(h))
+
+
+def test_an_nnx_model_trains_and_updates_its_batch_statistics():
+    model = NNXNet(nnx.Rngs(0))
+    kernel = np.asarray(model.layers[0].kernel[...])
+    state = steps.create_train_state(model, optax.adam(0.05), X[:1], seed=0, takes_mask=True)
+    assert isinstance(state.apply_fn.__self__, steps.NNXModel)
+    assert set(state.params) == {"layers", "norm"} and set(state.batch_stats) == {"norm"}
+    np.testing.assert_array_equal(state.params["layers"][0]["kernel"], kernel)
+    w = np.array([1.0] * 12 + [0.0] * 4, np.float32)
+    new, m = jax.jit(steps.train_step)(state, {"x": X, "y": LABELS, "weight": w})
+    # Training-mode batch norm over the 12 real examples: the running mean moves by 10% of
+    # their mean.
+    h = X[:12] @ kernel + np.asarray(model.layers[0].bias[...])
+    np.testing.assert_allclose(new.batch_stats["norm"]["mean"], 0.1 * h.mean(0), rtol=1e-4,
+                               atol=1e-6)
+    assert set(m) == {"loss", "error"} and int(new.step) == 1
+    assert not np.allclose(new.params["layers"][0]["kernel"], kernel)
+    trained = steps.nnx_module(new)
+    np.testing.assert_array_equal(trained.norm.mean[...], new.batch_stats["norm"]["mean"])
+    np.testing.assert_array_equal(model.layers[0].kernel[...], kernel)  # the original is kept
+    # Inference mode is the module's eval mode: running statistics.
+    trained.eval()
+    logits = state.apply_fn({"params": new.params, "batch_stats": new.batch_stats}, X,
+                            train=False)
+    np.testing.assert_allclose(logits, trained(X), rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_dropout_is_reseeded_from_the_step():
+    state = steps.create_train_state(NNXNet(nnx.Rngs(0), rate=0.5), optax.sgd(0.1), X[:1],
+                                     seed=0)
+    batch = {"x": X, "y": LABELS}
+    step = jax.jit(steps.train_step)
+    loss = float(step(state, batch)[1]["loss"])
+    assert float(step(state, batch)[1]["loss"]) == loss
+    assert float(step(state.replace(step=1), batch)[1]["loss"]) != loss
+
+
+def test_nnx_adapter_errors():
+    linen = steps.create_train_state(Dense(), optax.sgd(0.1), X[:1], seed=0)
+    with pytest.raises(TypeError, match="not created from a flax.nnx.Module"):
+        steps.nnx_module(linen)
+    with pytest.raises(TypeError, match="expected a flax.nnx.Module"):
+        steps.NNXModel(Dense())

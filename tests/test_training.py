@@ -1,15 +1,19 @@
 """Tests for lnjax.training (and lnjax.steps and lnjax.checkpoint beneath it): steps, the
 epoch scan, evaluation, checkpoints and resuming."""
 
+import io
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from lnjax import checkpoint, steps, training
 from lnjax import linen as lnn
+from lnjax import nnx as lnnx
 
 
 class Net(nn.Module):
@@ -86,7 +90,8 @@ def test_train_step_updates_params_and_batch_stats():
 def test_training_re_exports_the_step_level_names():
     """lnjax.training keeps its whole public API; the objects live in steps and checkpoint."""
     for name in ("TrainState", "create_train_state", "train_step", "eval_step", "scan_epoch",
-                 "train_epoch", "evaluate"):
+                 "train_epoch", "evaluate", "classification_loss", "metric_names", "step_rngs",
+                 "NNXModel", "nnx_module", "LossFn", "Batch"):
         assert getattr(training, name) is getattr(steps, name), name
     assert training.Checkpointer is checkpoint.Checkpointer
     assert callable(training.fit)
@@ -421,3 +426,272 @@ def test_tensorboard_without_tensorboardx_stops_before_training(tmp_path, monkey
                      on_epoch=lambda e, h: epochs_run.append(e))
     assert epochs_run == [] and not (tmp_path / "ckpt").exists()
     assert not (tmp_path / "tb").exists()
+
+
+# ------------------------------------------------ what fit trains: losses, dropout, NNX
+
+
+def regression_data(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    return x, np.stack([x[:, :3].sum(1), x[:, 3:].sum(1) - x[:, 0]], 1).astype(np.float32)
+
+
+class Regressor(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train):
+        return nn.Dense(2)(nn.relu(lnn.LayerNorm()(nn.Dense(16)(x))))
+
+
+def mse(outputs, targets):
+    return jnp.mean((outputs - targets) ** 2, axis=-1)
+
+
+def test_fit_trains_a_regression_on_float_targets_with_any_split_names():
+    """A loss of one's own without errors: the history records the losses and no error, under
+    keys named after the given splits (none of fit's own naming of splits)."""
+    x, y = regression_data(96, 0)
+    state = training.create_train_state(Regressor(), optax.adam(0.02), x[:1], seed=0,
+                                        loss_fn=mse)
+    _, h = training.fit(state, (x, y), epochs=3, batch_size=8, seed=0, progress=False,
+                        evals={"holdout": regression_data(24, 1)},
+                        curves={"probe": regression_data(8, 2)}, evals_per_epoch=2)
+    assert set(h) == {"epoch", "steps", "train_loss", "holdout_loss", "seconds", "step_loss",
+                      "eval_steps", "eval_seconds", "train_curve_loss", "probe_curve_loss"}
+    assert h["train_loss"][-1] < 0.5 * h["train_loss"][0]
+    assert h["holdout_loss"][-1] < h["holdout_loss"][0]
+    assert h["eval_steps"] == [6, 12, 18, 24, 30, 36] and len(h["probe_curve_loss"]) == 6
+
+
+class DropoutNet(nn.Module):
+    rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = nn.relu(nn.Dense(16)(x))
+        return nn.Dense(3)(nn.Dropout(self.rate, deterministic=not train)(x))
+
+
+def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(tmp_path):
+    """The dropout masks come from the seed and the step, not from how the run was split."""
+    def state():
+        return training.create_train_state(DropoutNet(), optax.adam(0.02), X[:1], seed=0)
+
+    kw = dict(batch_size=8, seed=1, evals={"validation": (XV, YV)}, progress=False)
+    full_state, full = training.fit(state(), (X, Y), epochs=2, **kw)
+    training.fit(state(), (X, Y), epochs=1, checkpoint_dir=tmp_path, **kw)
+    resumed_state, resumed = training.fit(state(), (X, Y), epochs=2, checkpoint_dir=tmp_path,
+                                          **kw)
+    assert resumed["step_loss"] == full["step_loss"]
+    assert resumed["validation_loss"] == full["validation_loss"]
+    assert_trees_equal(resumed_state.params, full_state.params)
+    # The masks do act: without dropout the same steps give other losses.
+    plain = training.create_train_state(DropoutNet(rate=0.0), optax.adam(0.02), X[:1], seed=0)
+    _, without = training.fit(plain, (X, Y), epochs=1, **kw)
+    assert without["step_loss"] != full["step_loss"][:len(without["step_loss"])]
+
+
+class NNXNet(nnx.Module):
+    """An NNX classifier with lnjax's NNX batch norm and a list of layers."""
+
+    def __init__(self, rngs):
+        self.layers = nnx.List([nnx.Linear(6, 16, rngs=rngs), nnx.Linear(16, 3, rngs=rngs)])
+        self.norm = lnnx.BatchNorm(16, momentum=0.9, rngs=rngs)
+
+    def __call__(self, x):
+        return self.layers[1](nnx.relu(self.norm(self.layers[0](x))))
+
+
+def test_fit_trains_an_nnx_model_and_its_batch_statistics(tmp_path):
+    def state():
+        return training.create_train_state(NNXNet(nnx.Rngs(0)), optax.adam(0.05), X[:1],
+                                           seed=0)
+
+    initial = state()
+    kw = dict(batch_size=8, seed=0, evals={"validation": (XV, YV)}, progress=False)
+    full_state, h = training.fit(state(), (X, Y), epochs=2, **kw)
+    assert h["validation_error"][-1] < 0.2 and h["train_loss"][-1] < h["train_loss"][0]
+    assert not np.allclose(full_state.batch_stats["norm"]["mean"],
+                           initial.batch_stats["norm"]["mean"])
+    module = training.nnx_module(full_state)
+    np.testing.assert_array_equal(module.norm.var[...], full_state.batch_stats["norm"]["var"])
+    # Checkpoints of NNX variables (integer keys for the list) resume exactly.
+    training.fit(state(), (X, Y), epochs=1, checkpoint_dir=tmp_path, **kw)
+    resumed_state, resumed = training.fit(state(), (X, Y), epochs=2, checkpoint_dir=tmp_path,
+                                          **kw)
+    assert resumed["step_loss"] == h["step_loss"]
+    assert_trees_equal((resumed_state.params, resumed_state.batch_stats),
+                       (full_state.params, full_state.batch_stats))
+
+
+# ------------------------------------------------ the parts of fit, each on its own
+
+
+def record(epoch, loss, *, evals=None, steps_per_epoch=12, seconds=1.5, per_step=None):
+    """An EpochRecord as EpochRunner.run would return it."""
+    per_step = per_step if per_step is not None else {"loss": np.full(steps_per_epoch, loss)}
+    return training.EpochRecord(epoch, epoch * steps_per_epoch, seconds,
+                                {"loss": loss, "error": loss / 10},
+                                [[epoch * steps_per_epoch, loss]], evals or {}, per_step)
+
+
+def test_history_declares_its_keys_from_the_names_it_is_given():
+    h = training.History(["dev", "heldout"], ["probe"])
+    assert list(h) == ["epoch", "steps", "train_loss", "train_error", "dev_loss", "dev_error",
+                       "heldout_loss", "heldout_error", "seconds", "step_loss", "eval_steps",
+                       "eval_seconds", "train_curve_loss", "train_curve_error",
+                       "probe_curve_loss", "probe_curve_error"]
+    assert list(training.History()) == ["epoch", "steps", "train_loss", "train_error",
+                                        "seconds", "step_loss"]
+    h.point(training.CurvePoint(6, 0.5, {"loss": 2.0, "error": 0.5},
+                                {"probe": {"loss": 3.0, "error": 0.75}}))
+    h.epoch(record(1, 1.0, evals={"dev": {"loss": 1.1, "error": 0.1},
+                                  "heldout": {"loss": 1.2, "error": 0.2}}), None)
+    h.point(training.CurvePoint(18, 0.25, {"loss": 1.0, "error": 0.25},
+                                {"probe": {"loss": 2.0, "error": 0.5}}))
+    assert h["eval_seconds"] == [0.5, 1.75]  # cumulative: the first epoch's 1.5 s, then 0.25
+    assert h["seconds"] == [1.5] and h.seconds == 1.5
+    assert h["dev_error"] == [0.1] and h["heldout_loss"] == [1.2]
+    assert h["train_curve_loss"] == [2.0, 1.0] and h["probe_curve_error"] == [0.75, 0.5]
+    assert h["step_loss"] == [[12, 1.0]]
+    d = h.as_dict()
+    d["epoch"].append(99)
+    assert h["epoch"] == [1]  # a copy
+    # A saved history replaces the lists; keys it does not declare are kept.
+    fresh = training.History(["dev", "heldout"], ["probe"])
+    fresh.load({**h.as_dict(), "note": [1]})
+    assert fresh.as_dict() == {**h.as_dict(), "note": [1]} and fresh.seconds == 1.5
+
+
+def test_history_without_curves_ignores_curve_points():
+    h = training.History(metrics=("loss",))
+    h.point(training.CurvePoint(12, 1.0, {"loss": 2.0}, {}))
+    assert all(v == [] for v in h.values()) and "eval_steps" not in h
+
+
+class Recorder(training.Observer):
+    """An observer that writes down what it sees."""
+
+    tracks_steps = True
+
+    def __init__(self):
+        self.seen = []
+
+    def start(self, run):
+        self.seen.append(("start", run))
+
+    def progress(self, step):
+        self.seen.append(("progress", step))
+
+    def point(self, point):
+        self.seen.append(("point", point.step, sorted(point.curves)))
+
+    def epoch(self, record, state):
+        self.seen.append(("epoch", record.epoch, int(state.step)))
+
+    def close(self):
+        self.seen.append(("close",))
+
+
+def test_epoch_runner_runs_an_epoch_in_chunks_alone():
+    runner = training.EpochRunner((X, Y), batch_size=8, seed=3, evals={"dev": (XV, YV)},
+                                  curves={"probe": (XV[:8], YV[:8])}, evals_per_epoch=3,
+                                  loss_points=5)
+    assert runner.steps_per_epoch == 12 and runner.chunk_ends == [4, 8, 12]
+    watcher = Recorder()
+    state, rec = runner.run(new_state(bn=False), 1, [watcher])
+    jax.effects_barrier()
+    points = [s for s in watcher.seen if s[0] == "point"]
+    assert points == [("point", 16, ["probe"]), ("point", 20, ["probe"]),
+                      ("point", 24, ["probe"])]
+    progress = [s[1] for s in watcher.seen if s[0] == "progress"]
+    assert progress and all(12 < p <= 24 for p in progress)
+    assert (rec.epoch, rec.steps) == (2, 24) and int(state.step) == 12
+    assert rec.per_step["loss"].shape == (12,) and len(rec.step_loss) == 5
+    assert rec.step_loss[0][0] == 13 and rec.step_loss[-1][0] == 24
+    assert rec.evals["dev"] == training.evaluate(state, XV, YV)
+    # The same steps as train_epoch on the same batches.
+    xb, yb = steps.batches(X, Y, 8, seed=3, epoch=1)
+    expect, metrics = training.train_epoch(new_state(bn=False), xb, yb)
+    np.testing.assert_allclose(rec.per_step["loss"], metrics["loss"], rtol=1e-5, atol=1e-6)
+    assert_trees_equal(state.params, expect.params, atol=1e-5)
+
+
+def test_on_epoch_sees_the_history_and_fit_names_no_split_itself():
+    calls = []
+    _, h = training.fit(new_state(bn=False), (X, Y), epochs=2, batch_size=8, seed=0,
+                        progress=False, evals={"dev": (XV, YV)},
+                        on_epoch=lambda e, hist: calls.append((e, len(hist["dev_loss"]))))
+    assert calls == [(1, 1), (2, 2)]
+    assert "validation_loss" not in h and "test_loss" not in h  # no split names of its own
+
+
+def test_progress_bar_counts_every_step(capsys):
+    _, h = training.fit(new_state(bn=False), (X, Y), epochs=2, batch_size=8, seed=0,
+                        desc="probe-bar", evals={"dev": (XV, YV)})
+    err = capsys.readouterr().err
+    assert "probe-bar" in err and "24/24" in err and "dev_err=" in err
+    bar = training.ProgressBar("alone", file=io.StringIO())
+    bar.start(training.RunInfo(epochs=3, start=1, steps_per_epoch=10))
+    assert (bar.bar.n, bar.bar.total) == (10, 30)
+    bar.progress(14)
+    bar.point(training.CurvePoint(20, 1.0, {"loss": 0.5}, {"probe": {"loss": 0.25}}))
+    assert bar.bar.n == 20 and "prob_loss=0.250" in str(bar.bar)
+    bar.progress(15)  # a late report never moves it back
+    assert bar.bar.n == 20
+    bar.close()
+
+
+def test_tensorboard_log_alone_and_only_where_it_writes(tmp_path):
+    log = training.TensorBoardLog(tmp_path / "tb")
+    log.start(training.RunInfo(epochs=2, start=0, steps_per_epoch=12))
+    log.point(training.CurvePoint(12, 1.0, {"loss": 0.5, "error": 0.25}, {}))
+    log.epoch(record(1, 0.5, evals={"dev": {"loss": 0.75, "error": 0.125}}), None)
+    log.close()
+    events = read_events(tmp_path / "tb")
+    assert events == {"train/loss": [(12, 0.5)], "train/error": [(12, 0.25)],
+                      "train/step_loss": [(12, 0.5)], "dev/loss": [(12, 0.75)],
+                      "dev/error": [(12, 0.125)]}
+    silent = training.TensorBoardLog(tmp_path / "silent", write=False)
+    silent.start(training.RunInfo(epochs=2, start=0, steps_per_epoch=12))
+    silent.point(training.CurvePoint(12, 1.0, {"loss": 0.5}, {}))
+    silent.close()
+    assert not (tmp_path / "silent").exists()
+
+
+def test_checkpoint_saver_saves_and_resumes_alone(tmp_path):
+    s, _ = training.train_epoch(new_state(bn=False), X.reshape(12, 8, 6), Y.reshape(12, 8))
+    history = training.History(["dev"])
+    saver = training.CheckpointSaver(tmp_path / "ckpt", history)
+    assert saver.resume(new_state(bn=False))[1] == 0
+    rec = record(1, 0.5, evals={"dev": {"loss": 0.75, "error": 0.125}})
+    history.epoch(rec, s)
+    saver.epoch(rec, s)
+    saver.close()
+    again = training.History(["dev"])
+    saver = training.CheckpointSaver(tmp_path / "ckpt", again)
+    restored, start = saver.resume(new_state(bn=False))
+    saver.close()
+    assert start == 1 and again.as_dict() == history.as_dict()
+    assert int(restored.step) == 12
+    assert_trees_equal(restored.params, s.params)
+
+
+def test_epoch_callback_and_non_finite_stop_alone(tmp_path):
+    history = training.History()
+    seen = []
+    callback = training.EpochCallback(lambda e, h: seen.append((e, h)), history)
+    history.epoch(record(1, 0.5), None)
+    callback.epoch(record(1, 0.5), None)
+    assert seen == [(1, history.as_dict())]
+    stop = training.NonFiniteStop(tmp_path)
+    state = new_state(bn=False)
+    stop.epoch(record(2, 0.5), state)  # finite: nothing happens
+    losses = np.array([0.5, 0.4, np.inf, 0.3])
+    with pytest.raises(FloatingPointError, match=rf"^fit: the training loss of epoch 3 is not "
+                                                 rf"finite \(first at its step 3 of 4: inf\).*"
+                                                 rf"last checkpoint \(epoch 2\) in {tmp_path}"):
+        stop.epoch(record(3, 0.5, per_step={"loss": losses}), state)
+    bad = state.replace(params=jax.tree.map(lambda a: a * np.nan, state.params))
+    with pytest.raises(FloatingPointError, match="the state after epoch 1 holds a NaN"):
+        training.NonFiniteStop().epoch(record(1, 0.5), bad)
