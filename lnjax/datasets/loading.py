@@ -155,7 +155,7 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
         or not below the training file's length, or a malformed IDX file (the
         message names the file).
 
-    Example (needs the data; ``tests/test_datasets_loading.py`` runs it on real files)::
+    Example (needs the data; ``tests/test_datasets_folders.py`` runs it on real files)::
 
       ds = load("fashion_mnist", "test")
       ds.images.shape, ds.labels.shape  # ((10000, 28, 28), (10000,))
@@ -270,7 +270,7 @@ def load_splits(dataset: str = "auto", *, data_dir: str | os.PathLike | None = N
       ValueError: the splits come from different places or mix data sets; an
         unknown ``dataset``, a ``train_examples`` or ``validation_size`` below 1.
 
-    Example (``tests/test_datasets_loading.py`` runs it on IDX files)::
+    Example (``tests/test_datasets_checksums.py`` runs it on Debian's files)::
 
       splits, info = load_splits(data_dir="/usr/share/datasets/fashion-mnist")
       info  # {'name': 'fashion_mnist', 'source': 'idx:/usr/share/datasets/fashion-mnist',
