@@ -15,6 +15,9 @@ its outputs: each timing starts the calls back to back and waits once, for
 the last call's outputs (:func:`block`; anything with a
 ``block_until_ready`` method counts, such as :class:`TorchSync`).
 
+A suite with a time limit starts each piece of work only while its
+:class:`Budget` allows.
+
 Example:
   >>> import jax.numpy as jnp
   >>> x = jnp.ones(1000)
@@ -205,6 +208,46 @@ def device_times(functions: Mapping[str, Callable[[], Any]], modules: Mapping[st
                         and len(runs) == calls else sum(runs.values()) / calls)
             result[name] = per_call / 1e6
     return result
+
+
+class Budget:
+    """Starts a piece of work only if it is likely to end within ``max_seconds``.
+
+    The next piece is predicted to last as long as the longest so far (0 before
+    the first).
+
+    Example:
+      >>> now = [0.0]
+      >>> budget = Budget(10.0, clock=lambda: now[0])
+      >>> now[0] = 6.0
+      >>> budget.took(6.0)
+      >>> budget.allows()  # 6 s elapsed + 6 s predicted > 10 s
+      False
+    """
+
+    def __init__(self, max_seconds: float, clock: Callable[[], float] = time.perf_counter):
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.start = clock()
+        self.longest = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds since the budget was made."""
+        return self.clock() - self.start
+
+    def allows(self) -> bool:
+        """Whether the next piece, as long as the longest so far, ends within the budget."""
+        return self.elapsed() + self.longest <= self.max_seconds
+
+    def took(self, seconds: float) -> None:
+        """Records a piece of work that lasted ``seconds``."""
+        self.longest = max(self.longest, seconds)
+
+    def skip_note(self, skipped: list[str]) -> str:
+        """The note on what was skipped (written once the rest is skipped in no time)."""
+        return (f"skipped, as the time budget (--max-seconds {self.max_seconds:g}) would be "
+                f"exceeded (elapsed {self.elapsed():.0f} s, longest group "
+                f"{self.longest:.0f} s): {', '.join(skipped)}")
 
 
 def per_second(count: int, median_ms: float) -> float:

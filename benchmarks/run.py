@@ -27,94 +27,66 @@ Cases (f32, CPU):
 * ``ln_fwd``: layer norm forward alone.
 * ``ln_memory``: temporary memory of the compiled forward + backward
   (``compiled.memory_analysis().temp_size_in_bytes``), lnjax against flax.
-* ``norms_fb``: forward + backward of the other normalizations (the gradient of
-  ``sum(y * dy)`` for x and the parameters), Linen modules against flax's
-  (and PyTorch's where it has the op, in its own NCHW layout): BatchNorm in
-  training (batch statistics) at (64, 32, 32, 64), (128, 16, 16, 32) and
-  (4096, 1024); GroupNorm(8), InstanceNorm and LayerNorm over (H, W, C) with
-  a per-channel scale at the two image shapes; LayerNorm with a mask at
-  (4096, 1024). Each with the compiled temporary memory of both.
-* ``norms_fwd``: BatchNorm's forward alone, in training and in evaluation
-  (running averages), at the two image shapes.
-* ``resnet``: a ResNet-style block (conv, BatchNorm, ReLU, conv, BatchNorm,
-  residual) at (32, 16, 16, 32), forward + backward, lnjax's BatchNorm
-  against flax's in the same block.
+* ``norms_fb``, ``norms_fwd``, ``resnet``: batch, group and instance norm, layer norm
+  over (H, W, C) and masked layer norm, forward + backward of the Linen modules
+  against flax's (and PyTorch's, NCHW) with their compiled temporary memory;
+  BatchNorm's forward in training and evaluation; a ResNet-style block
+  (:mod:`benchmarks.cases`, which the device suite runs too).
 * ``lstm``: LN-LSTM sequence layer forward + backward, T=100, batch 32,
   input 64, hidden 256: ``lnjax.linen.LNLSTM`` with and without layer norm,
   ``flax.linen.RNN(LSTMCell)``, a flax LN-LSTM (``nn.LayerNorm`` in an RNN
-  cell, Eqs. 20-22) and ``torch.nn.LSTM``.
+  cell, Eqs. 20-22) and ``torch.nn.LSTM`` (:func:`benchmarks.cases.lstm_case`).
 
-Writes ``results.json``, ``results.md`` (a table with the machine) and
-``results.png`` (a bar chart of the ratios) to ``--out`` (default
-``benchmarks/results``). ``--quick`` takes fewer rounds (under a minute);
-``--shapes tiny`` uses toy sizes (for tests).
+The targets are the ratios' own (``TimeRatio(..., target)`` in each case) and
+are printed met or not. Writes ``results.json``, ``results.md`` and
+``results.png`` in the benchmarks' one format (:func:`benchmarks.report.markdown`:
+the machine, a table of the times and ratios, the memory table, the notes;
+:func:`benchmarks.report.plot`: a bar per ratio against its target) to
+``--out`` (default ``benchmarks/results``). ``--quick`` takes fewer rounds
+(under a minute); ``--shapes tiny`` uses toy sizes (for tests).
 
-More cases register with :func:`register` (see ``CASES``).
+More cases register with :func:`register` (see ``CASES``). A whole training
+epoch as one ``lax.scan`` against a Python loop of jitted steps is
+:mod:`benchmarks.training_loop`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 import lnjax.linen as lnn
 from benchmarks import report
-from benchmarks.harness import TimeRatio, block, jax_call, measure
-from lnjax.experiments import common
-
-try:  # PyTorch is compared when it is installed (the ``torch`` extra).
-    import torch
-except ImportError:  # pragma: no cover - depends on the environment
-    torch = None
-
-DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results"
-EPSILON = 1e-6
-
-
-# --------------------------------------------------------------------------
-# Configuration and results.
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """What to run: sizes and how long to time."""
-
-    norm_shapes: tuple[tuple[int, int], ...] = ((4096, 1024), (16384, 256), (1024, 8192))
-    lstm: tuple[int, int, int, int] = (100, 32, 64, 256)  # T, batch, input, hidden
-    image_shapes: tuple[tuple[int, ...], ...] = ((64, 32, 32, 64), (128, 16, 16, 32))
-    resnet: tuple[int, int, int] = (32, 16, 32)  # batch, height = width, channels
-    torch_device: str | None = "cpu"  # where PyTorch's image norms run (None: not at all)
-    rounds: int = 15  # timings of each function (the median is reported)
-    min_time: float = 0.02  # seconds per timing (calls are repeated to reach it)
-    seed: int = 0
-
+from benchmarks.cases import (
+    DEFAULT_OUT,
+    EPSILON,
+    Case,
+    Config,
+    copy_of,
+    lstm,
+    norm_inputs,
+    norms_fb,
+    norms_fwd,
+    resnet,
+    run_case,
+    torch,
+    torch_forward_backward,
+)
+from benchmarks.harness import TimeRatio, jax_call
 
 QUICK = dict(rounds=3, min_time=0.005)
 TINY = dict(norm_shapes=((64, 128), (256, 32), (16, 512)), lstm=(5, 4, 8, 16),
             image_shapes=((4, 4, 4, 16),), resnet=(4, 4, 8))
-
-
-@dataclasses.dataclass
-class Case:
-    """One benchmark: timed functions (no arguments, blocking) and the ratios to report."""
-
-    name: str
-    title: str
-    functions: dict[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
-    ratios: list[TimeRatio] = dataclasses.field(default_factory=list)
-    values: dict[str, float] = dataclasses.field(default_factory=dict)  # untimed numbers
-    note: str = ""
-
 
 # name -> builder(config) -> list of Case. Each builder runs inside the progress
 # bar and may return several cases (one per shape).
@@ -130,34 +102,8 @@ def register(name: str):
 
 
 # --------------------------------------------------------------------------
-# The copy reference.
-# --------------------------------------------------------------------------
-
-
-def copy_of(x: jax.Array) -> Callable[[], Any]:
-    """A jitted copy of ``x``, checked to write a new buffer."""
-    copy = jax.jit(jnp.copy)
-    y = block(copy(x))
-    if y.unsafe_buffer_pointer() == x.unsafe_buffer_pointer():
-        raise RuntimeError("the copy baseline was elided by XLA")
-    return jax_call(copy, x)
-
-
-# --------------------------------------------------------------------------
 # Layer norm and RMS norm.
 # --------------------------------------------------------------------------
-
-
-def norm_inputs(shape, seed):
-    """``(x, scale, bias, dy)``, float32 NumPy: x and dy standard normal of ``shape``
-    (rows, width), scale ``1 + 0.1 N`` and bias ``0.1 N`` of the width."""
-    rng = np.random.default_rng(seed)
-    rows, width = shape
-    x = rng.standard_normal(shape).astype(np.float32)
-    scale = (1 + 0.1 * rng.standard_normal(width)).astype(np.float32)
-    bias = (0.1 * rng.standard_normal(width)).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    return x, scale, bias, dy
 
 
 _COMPILED: dict[tuple, Any] = {}  # (kind, shape, library) -> compiled fwd+bwd, shared by cases
@@ -175,20 +121,6 @@ def _compiled_forward_backward(kind: str, library: str, x, dy, params):
             return (y,) + vjp(dy)
         _COMPILED[key] = jax.jit(run).lower(x, dy, params).compile()
     return _COMPILED[key]
-
-
-def _torch_forward_backward(layer, x, dy, device: str = "cpu"):
-    layer = layer.to(device)
-    xt = torch.from_numpy(x).to(device).requires_grad_(True)
-    dyt = torch.from_numpy(dy).to(device)
-    wait = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def run():
-        for p in (xt, *layer.parameters()):
-            p.grad = None
-        layer(xt).backward(dyt)
-        wait()
-    return run
 
 
 def _norm_modules(kind: str):
@@ -226,7 +158,7 @@ def _norm_fb_cases(config: Config, kind: str) -> list[Case]:
             case.functions[library] = jax_call(compiled, xj, dyj, params)
         layer = _torch_norm(kind, shape[1], scale, bias)
         if layer is not None:
-            case.functions["torch"] = _torch_forward_backward(layer, x, dy)
+            case.functions["torch"] = torch_forward_backward(layer, x, dy)
         case.note = "copy: one jitted copy of x; fwd+bwd: y and the gradients for x, scale, bias"
         case.ratios = [TimeRatio("flax", "lnjax", 3.0)]
         if layer is not None:
@@ -295,252 +227,8 @@ def ln_memory(config: Config) -> list[Case]:
     return cases
 
 
-# --------------------------------------------------------------------------
-# Batch, group and instance norm, layer norm over several axes or with a mask.
-# --------------------------------------------------------------------------
-
-
-def _image_modules(shape: tuple[int, ...]) -> dict[str, tuple[Any, Any, Any]]:
-    """``title -> (lnjax module, flax module, torch layer or None)`` for input ``shape``."""
-    channels, image = shape[-1], len(shape) == 4
-    mods: dict[str, tuple[Any, Any, Any]] = {"BatchNorm": (
-        lnn.BatchNorm(use_running_average=False, epsilon=EPSILON),
-        nn.BatchNorm(use_running_average=False, epsilon=EPSILON),
-        None if torch is None else (torch.nn.BatchNorm2d(channels, eps=EPSILON) if image
-                                    else torch.nn.BatchNorm1d(channels, eps=EPSILON)))}
-    if image:
-        mods["GroupNorm(8)"] = (
-            lnn.GroupNorm(num_groups=8, epsilon=EPSILON),
-            nn.GroupNorm(num_groups=8, epsilon=EPSILON),
-            None if torch is None else torch.nn.GroupNorm(8, channels, eps=EPSILON))
-        mods["InstanceNorm"] = (
-            lnn.InstanceNorm(epsilon=EPSILON), nn.InstanceNorm(epsilon=EPSILON),
-            None if torch is None else torch.nn.InstanceNorm2d(channels, eps=EPSILON,
-                                                               affine=True))
-        mods["LayerNorm(H,W,C)"] = (
-            lnn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=EPSILON),
-            nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=EPSILON), None)
-    else:
-        mods["LayerNorm masked"] = (lnn.LayerNorm(epsilon=EPSILON),
-                                    nn.LayerNorm(epsilon=EPSILON), None)
-    return mods
-
-
-def _module_fb(module, x, dy, variables, mask):
-    """``(x, dy, params) -> (y, dx, dparams)`` of a Linen module, compiled."""
-    rest = {k: v for k, v in variables.items() if k != "params"}
-
-    def apply(x, p):
-        kwargs: dict[str, Any] = {} if mask is None else {"mask": mask}
-        if rest:  # batch statistics: updated, the update dropped
-            return module.apply({"params": p, **rest}, x, mutable=list(rest), **kwargs)[0]
-        return module.apply({"params": p}, x, **kwargs)
-
-    def run(x, dy, p):
-        y, vjp = jax.vjp(apply, x, p)
-        return (y,) + vjp(dy)
-    return jax.jit(run).lower(x, dy, variables["params"]).compile()
-
-
-def _torch_image_fb(layer, x, dy, device: str):
-    """PyTorch's layer forward + backward in its own layout (channels second)."""
-    to_torch = (0, 3, 1, 2) if x.ndim == 4 else (0, 1)
-    return _torch_forward_backward(layer, np.ascontiguousarray(x.transpose(to_torch)),
-                                   np.ascontiguousarray(dy.transpose(to_torch)), device)
-
-
-def _image_inputs(shape, seed):
-    rng = np.random.default_rng(seed)
-    x = (3 + 2 * rng.standard_normal(shape)).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    return x, dy
-
-
-@register("norms_fb")
-def norms_fb(config: Config) -> list[Case]:
-    cases = []
-    shapes = [*config.image_shapes, config.norm_shapes[0]]
-    for shape in shapes:
-        x, dy = _image_inputs(shape, config.seed)
-        xj, dyj = jnp.asarray(x), jnp.asarray(dy)
-        dims = "x".join(map(str, shape))
-        for title, (ours, theirs, layer) in _image_modules(shape).items():
-            layer = None if config.torch_device is None else layer
-            mask = (jnp.asarray(np.random.default_rng(1).random(shape) < 0.9)
-                    if "masked" in title else None)
-            variables = theirs.init(jax.random.key(0), xj)
-            case = Case(f"norms_fb {title} {dims}", f"{title} fwd+bwd {dims}")
-            case.functions["copy"] = copy_of(xj)
-            for library, module in (("lnjax", ours), ("flax", theirs)):
-                compiled = _module_fb(module, xj, dyj, variables, mask)
-                case.functions[library] = jax_call(compiled, xj, dyj, variables["params"])
-                case.values[f"{library} temp MiB"] = (
-                    compiled.memory_analysis().temp_size_in_bytes / 2**20)
-            case.values["x MiB"] = x.nbytes / 2**20
-            if layer is not None:
-                case.functions["torch"] = _torch_image_fb(layer, x, dy,
-                                                          config.torch_device or "cpu")
-            fast = title in ("BatchNorm", "GroupNorm(8)")
-            case.ratios = [TimeRatio("flax", "lnjax", 1.5 if fast else 1.0)]
-            if layer is not None:
-                case.ratios.append(TimeRatio("torch", "lnjax"))
-            case.ratios.append(TimeRatio("lnjax", "copy"))
-            case.note = ("y and the gradients for x and the parameters; BatchNorm with batch "
-                         "statistics; torch in NCHW")
-            cases.append(case)
-    return cases
-
-
-@register("norms_fwd")
-def norms_fwd(config: Config) -> list[Case]:
-    cases = []
-    for shape in config.image_shapes:
-        x, _ = _image_inputs(shape, config.seed)
-        xj = jnp.asarray(x)
-        dims = "x".join(map(str, shape))
-        for train in (True, False):
-            kwargs = {"use_running_average": not train, "epsilon": EPSILON}
-            mode = "train" if train else "eval"
-            case = Case(f"norms_fwd BatchNorm {mode} {dims}",
-                        f"BatchNorm fwd ({mode}) {dims}")
-            case.functions["copy"] = copy_of(xj)
-            for library, module in (("lnjax", lnn.BatchNorm(**kwargs)),
-                                    ("flax", nn.BatchNorm(**kwargs))):
-                variables = module.init(jax.random.key(0), xj)
-                fwd = jax.jit(lambda x, v, module=module: module.apply(
-                    v, x, mutable=["batch_stats"])[0])
-                case.functions[library] = jax_call(fwd, xj, variables)
-            case.ratios = [TimeRatio("flax", "lnjax", 1.0), TimeRatio("lnjax", "copy")]
-            cases.append(case)
-    return cases
-
-
-class ResBlock(nn.Module):
-    """conv 3x3, BatchNorm, ReLU, conv 3x3, BatchNorm, residual, ReLU (He et al. 2016)."""
-
-    norm: Callable[..., nn.Module]
-
-    @nn.compact
-    def __call__(self, x):
-        c = x.shape[-1]
-        y = nn.Conv(c, (3, 3), use_bias=False)(x)
-        y = nn.relu(self.norm(use_running_average=False, epsilon=EPSILON)(y))
-        y = nn.Conv(c, (3, 3), use_bias=False)(y)
-        y = self.norm(use_running_average=False, epsilon=EPSILON)(y)
-        return nn.relu(x + y)
-
-
-@register("resnet")
-def resnet(config: Config) -> list[Case]:
-    batch, size, channels = config.resnet
-    shape = (batch, size, size, channels)
-    x, dy = _image_inputs(shape, config.seed)
-    xj, dyj = jnp.asarray(x), jnp.asarray(dy)
-    case = Case(f"resnet {batch}x{size}x{size}x{channels}",
-                f"ResNet block fwd+bwd {batch}x{size}x{size}x{channels}")
-    for library, norm in (("lnjax", lnn.BatchNorm), ("flax", nn.BatchNorm)):
-        block_ = ResBlock(norm)
-        variables = block_.init(jax.random.key(0), xj)
-        compiled = _module_fb(block_, xj, dyj, variables, None)
-        case.functions[library] = jax_call(compiled, xj, dyj, variables["params"])
-    case.ratios = [TimeRatio("flax", "lnjax", 1.0)]
-    case.note = "two 3x3 convolutions and two BatchNorms with batch statistics, one residual"
-    return [case]
-
-
-# --------------------------------------------------------------------------
-# LN-LSTM sequence layer.
-# --------------------------------------------------------------------------
-
-
-class FlaxLNLSTMCell(nn.RNNCellBase):
-    """The paper's LN-LSTM (Eqs. 20-22) from ``flax.linen.LayerNorm``, for comparison."""
-
-    features: int
-
-    @nn.compact
-    def __call__(self, carry, x):
-        c, h = carry
-        gates = (nn.LayerNorm(use_bias=False, name="ln_x")(
-                     nn.Dense(4 * self.features, use_bias=False, name="wx")(x))
-                 + nn.LayerNorm(use_bias=False, name="ln_h")(
-                     nn.Dense(4 * self.features, use_bias=False, name="wh")(h))
-                 + self.param("bias", nn.initializers.zeros, (4 * self.features,)))
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-        h = nn.sigmoid(o) * jnp.tanh(nn.LayerNorm(name="ln_c")(c))
-        return (c, h), h
-
-    def initialize_carry(self, rng, input_shape):
-        shape = tuple(input_shape[:-1]) + (self.features,)
-        return jnp.zeros(shape), jnp.zeros(shape)
-
-    @property
-    def num_feature_axes(self) -> int:
-        return 1
-
-
-def _flax_lstm_grad(model: nn.Module, xs: jax.Array) -> Callable[[], Any]:
-    params = jax.jit(model.init)(jax.random.key(0), xs)  # one compile, not op by op
-
-    def loss(params, xs):
-        return jnp.sum(model.apply(params, xs) ** 2)
-    return jax_call(jax.jit(jax.value_and_grad(loss)), params, xs)
-
-
-def lstm_case(config: Config, *, flax_cell: Callable[[int], nn.RNNCellBase] = nn.LSTMCell,
-              torch_device: str | None = "cpu") -> Case:
-    """The LSTM layers' forward + backward at ``config.lstm``: lnjax's LN-LSTM and plain
-    LSTM, flax's ``RNN(flax_cell(H))`` and LN-LSTM, and ``torch.nn.LSTM`` on
-    ``torch_device`` (None: no PyTorch; ``"cuda"``: cuDNN, waited for)."""
-    steps, batch, features, hidden = config.lstm
-    xs = np.random.default_rng(config.seed).standard_normal(
-        (batch, steps, features)).astype(np.float32)
-    xj = jnp.asarray(xs)
-    case = Case("lstm", f"LSTM layer fwd+bwd T={steps} B={batch} in={features} H={hidden}")
-    case.functions["copy"] = copy_of(jnp.zeros((steps * batch, 4 * hidden), jnp.float32))
-    case.functions["lnjax LN-LSTM"] = _flax_lstm_grad(lnn.LNLSTM(hidden), xj)
-    case.functions["lnjax LSTM"] = _flax_lstm_grad(lnn.LNLSTM(hidden, layer_norm=False), xj)
-    case.functions["flax LSTM"] = _flax_lstm_grad(nn.RNN(flax_cell(hidden)), xj)
-    case.functions["flax LN-LSTM"] = _flax_lstm_grad(nn.RNN(FlaxLNLSTMCell(hidden)), xj)
-    if torch is not None and torch_device is not None:
-        layer = torch.nn.LSTM(features, hidden, batch_first=True).to(torch_device)
-        xt = torch.from_numpy(xs).to(torch_device)
-        wait = torch.cuda.synchronize if torch_device.startswith("cuda") else (lambda: None)
-
-        def torch_lstm():
-            for p in layer.parameters():
-                p.grad = None
-            (layer(xt)[0] ** 2).sum().backward()
-            wait()
-        case.functions["torch LSTM"] = torch_lstm
-    case.ratios = [TimeRatio("flax LSTM", "lnjax LN-LSTM", 1.0),
-                   TimeRatio("flax LN-LSTM", "lnjax LN-LSTM", 1.7),
-                   TimeRatio("flax LSTM", "lnjax LSTM")]
-    if "torch LSTM" in case.functions:
-        case.ratios.append(TimeRatio("torch LSTM", "lnjax LN-LSTM"))
-    case.note = "copy: one pass over the (T*B, 4H) gate pre-activations"
-    return case
-
-
-@register("lstm")
-def lstm(config: Config) -> list[Case]:
-    return [lstm_case(config)]
-
-
-# --------------------------------------------------------------------------
-# More cases register here. The "epoch scan vs python loop" case (a whole
-# training epoch as one lax.scan in lnjax/training.py against a Python loop of
-# jitted steps) belongs in this place:
-#
-#     @register("epoch_scan")
-#     def epoch_scan(config: Config) -> list[Case]:
-#         case = Case("epoch_scan", "...")
-#         case.functions["lnjax scan"] = ...
-#         case.functions["python loop"] = ...
-#         case.ratios = [TimeRatio("python loop", "lnjax scan")]
-#         return [case]
-# --------------------------------------------------------------------------
+# The cases both suites run (benchmarks.cases), after the CPU suite's own.
+CASES.update(norms_fb=norms_fb, norms_fwd=norms_fwd, resnet=resnet, lstm=lstm)
 
 
 # --------------------------------------------------------------------------
@@ -548,69 +236,7 @@ def lstm(config: Config) -> list[Case]:
 # --------------------------------------------------------------------------
 
 
-def run_case(case: Case, config: Config) -> dict[str, Any]:
-    """Times one case; returns its JSON record."""
-    record: dict[str, Any] = {"name": case.name, "title": case.title, "note": case.note,
-                              "values": case.values}
-    if case.functions:
-        record.update(measure(case.functions, case.ratios, rounds=config.rounds,
-                              min_time=config.min_time))
-    return record
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """The report: the machine, the table of times and ratios, the notes, the memory table."""
-    m = results["machine"]
-    rows = []
-    for rec in results["cases"]:
-        if "median_ms" not in rec:
-            continue
-        times = ", ".join(f"{n} {t:.2f}" for n, t in rec["median_ms"].items())
-        for i, r in enumerate(rec["ratios"]):
-            rows.append(((rec["title"], times) if i == 0 else ("", "")) + report.ratio_cells(r))
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; jax {m['jax']}, "
-             f"flax {m['flax']}, torch {m['torch'] or 'not installed'}; load average at start "
-             f"{m.get('load average')}. {results['config']['rounds']} interleaved rounds, "
-             "medians.", "", report.RATIOS_READ, "",
-             report.table(["case", "median ms", "ratio", "value", "target", "met"], rows)]
-    notes = sorted({f"{rec['name'].split()[0]}: {rec['note']}"
-                    for rec in results["cases"] if rec.get("note")})
-    lines += [""] + [f"- {n}" for n in notes]
-    mem = [rec for rec in results["cases"] if rec["values"]]
-    if mem:
-        lines += ["", report.table(
-            ["compiled fwd+bwd temp memory", "x", "lnjax", "flax"],
-            [(rec["title"], f"{v['x MiB']:.1f} MiB", f"{v['lnjax temp MiB']:.1f} MiB",
-              f"{v['flax temp MiB']:.1f} MiB") for rec in mem for v in [rec["values"]]])]
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict[str, Any], path: pathlib.Path) -> None:
-    """A horizontal bar chart of every ratio, with its target marked."""
-    plt = common.pyplot(feature="the benchmarks' results.png")
-
-    rows = [(f"{rec['title']}: {r['label']}", r["value"], r["target"], r["met"])
-            for rec in results["cases"] for r in rec.get("ratios", [])]
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.2))
-    ys = np.arange(len(rows))[::-1]
-    colors = ["tab:gray" if met is None else ("tab:green" if met else "tab:red")
-              for *_, met in rows]
-    ax.barh(ys, [r[1] for r in rows], color=colors)
-    for y, (_, _, target, _) in zip(ys, rows):
-        if target is not None:
-            ax.plot([target, target], [y - 0.4, y + 0.4], color="black", lw=2)
-    ax.axvline(1.0, color="gray", lw=0.8, ls=":")
-    ax.set_yticks(ys, [r[0] for r in rows], fontsize=7)
-    ax.set_xlabel("time ratio a / b (above 1: b is faster; x / copy: x in copies); "
-                  "black ticks: targets")
-    ax.set_title(f"lnjax benchmarks ({results['machine']['cpu']}, "
-                 f"{results['machine']['cores']} cores)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAULT_OUT,
+def run(*, quick: bool = False, shapes: str = "full", out: str | os.PathLike = DEFAULT_OUT,
         cases: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Runs the chosen cases, writes the three result files, returns the results."""
     config = Config(**{**(QUICK if quick else {}), **(TINY if shapes == "tiny" else {})})
@@ -619,7 +245,7 @@ def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAUL
     if unknown:
         raise ValueError(f"unknown case(s) {unknown}; known: {sorted(CASES)}")
     # results.png is drawn last: a missing matplotlib stops the run before any timing.
-    common.pyplot(feature="the benchmarks' results.png")
+    report.pyplot()
     results: dict[str, Any] = {"machine": report.machine(), "config": dataclasses.asdict(config),
                                "quick": quick, "shapes": shapes, "cases": []}
     bar = tqdm(names, desc="benchmarks", disable=not progress)
@@ -628,8 +254,8 @@ def run(*, quick: bool = False, shapes: str = "full", out: pathlib.Path = DEFAUL
         for case in CASES[name](config):
             results["cases"].append(run_case(case, config))
     results["machine"]["load average at end"] = report.load_average()
-    report.write(out, "results", results, markdown(results))
-    plot(results, pathlib.Path(out) / "results.png")
+    report.write(out, "results", results, report.markdown(results))
+    report.plot(results, pathlib.Path(out) / "results.png")
     return results
 
 
@@ -648,8 +274,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", choices=("full", "tiny"), default="full")
     args = parser.parse_args(argv)
     results = run(quick=args.quick, shapes=args.shapes, out=args.out, cases=args.cases)
-    print(markdown(results))
+    print(report.markdown(results))
     print(f"wrote {args.out}/results.json, results.md, results.png")
+
+
+_MOVED = {"markdown": "benchmarks.report.markdown", "plot": "benchmarks.report.plot"}
+
+
+def __getattr__(name: str) -> Any:
+    """``markdown`` and ``plot``, now :func:`benchmarks.report.markdown` and
+    :func:`benchmarks.report.plot`, with a ``DeprecationWarning``."""
+    if name in _MOVED:
+        warnings.warn(f"benchmarks.run.{name} is deprecated: use {_MOVED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ the same block otherwise) it reports the collectives of the compiled step
 (count and bytes per device, read from the compiled HLO: exact, no timing
 involved) and the step time of lnjax's over flax's (interleaved rounds,
 medians: :mod:`benchmarks.harness`). lnjax's modules run their defaults
-(exact statistics), flax's theirs. Targets: bytes no more than flax's in every
-layout, time at most 1.1 x flax's.
+(exact statistics), flax's theirs. Targets (:data:`BYTES_TARGET`,
+:data:`TIME_TARGET`, printed with the table): lnjax's collective bytes and step
+time as fractions of flax's, at most.
 
 On a CPU the devices are forced host devices sharing the same cores
 (``--xla_force_host_platform_device_count``; the script sets it before jax is

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import harness, report
+from benchmarks import cases, harness, report
 
 # ------------------------------------------------------- the harness and the report
 
 
-@pytest.mark.parametrize("module", [harness, report])
+@pytest.mark.parametrize("module", [harness, report, cases])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -74,6 +74,102 @@ def test_report_table_and_files(tmp_path):
     cells = report.ratio_cells({"label": "flax / lnjax", "value": 2.345, "target": 3.0,
                                 "at_least": True, "met": False})
     assert cells == ("flax / lnjax", "2.35", "≥ 3", "**no**")
+
+
+def test_budget_predicts_the_next_piece_from_the_longest():
+    now = [0.0]
+    budget = harness.Budget(10.0, clock=lambda: now[0])
+    assert budget.allows()  # nothing measured yet
+    now[0] = 3.0
+    budget.took(3.0)
+    assert budget.allows()  # 3 + 3 <= 10
+    budget.took(1.0)
+    assert budget.longest == 3.0  # the longest, not the last
+    now[0] = 7.5
+    assert not budget.allows()  # 7.5 + 3 > 10
+    assert budget.skip_note(["a", "b"]).endswith("(elapsed 8 s, longest group 3 s): a, b")
+
+
+MACHINE = {"cpu": "a CPU", "cores": 2, "platform": "Linux", "jax": "j", "flax": "f",
+           "torch": None, "load average": [1.0, 1.0, 1.0]}
+
+
+def _record(title, median_ms, ratios=(), values=None, note=""):
+    return {"name": title.lower().replace(" ", "_"), "title": title, "note": note,
+            "values": values or {}, "median_ms": median_ms,
+            "ratios": [harness.TimeRatio(n, d, t).measure(
+                {k: [v] for k, v in median_ms.items()}) for n, d, t in ratios]}
+
+
+def test_report_markdown_is_one_layout_for_every_suite():
+    timed = _record("A fwd", {"lnjax": 1.0, "flax": 2.0, "copy": 0.5},
+                    [("flax", "lnjax", 3.0), ("lnjax", "copy", None)], note="a note")
+    bare = _record("B fwd", {"lnjax": 4.0})  # timed, no ratio: still a row
+    memory = {"name": "m", "title": "M", "note": "", "values": {
+        "x MiB": 1.0, "lnjax temp MiB": 2.0, "flax temp MiB": 3.0}}
+    results = {"machine": MACHINE, "config": {"rounds": 3}, "cases": [timed, bare, memory],
+               "notes": ["first"]}
+    md = report.markdown(results, intro=["How to read."], tables=["| t |\n|---|", None],
+                         notes=["second"])
+    blocks = md.rstrip("\n").split("\n\n")
+    assert blocks[0] == report.header(results) and blocks[0].startswith("Machine: a CPU, 2 cores")
+    assert "3 interleaved rounds" in blocks[0] and "torch not installed" in blocks[0]
+    assert blocks[1:5] == ["How to read.", "| t |\n|---|", report.RATIOS_READ,
+                           report.cases_table(results["cases"])]
+    assert blocks[5] == report.memory_table(results["cases"])
+    assert blocks[6:] == ["Notes:", "- first\n- second\n- a_fwd: a note"]
+    table = blocks[4].splitlines()
+    assert table[2:] == ["| A fwd | lnjax 1, flax 2, copy 0.5 | flax / lnjax | 2.00 | ≥ 3 | **no** |",
+                         "|  |  | lnjax / copy | 2.00 |  |  |",
+                         "| B fwd | lnjax 4 |  |  |  |  |"]
+    assert blocks[5].splitlines()[-1] == "| M | 1.0 MiB | 2.0 MiB | 3.0 MiB |"
+    device = {"device_kind": "H9", "platform": "gpu", "device_count": 1, "torch_note": "none"}
+    with_device = report.markdown({**results, "device": device, "cases": [memory]})
+    assert with_device.startswith("Device: **H9** (platform gpu, 1 device(s)); none. Machine:")
+    assert report.RATIOS_READ not in with_device  # no timed case, no ratio to read
+    assert report.cases_table([memory]) is None and report.memory_table([timed]) is None
+
+
+def test_report_plot_draws_a_bar_per_value_in_panels(tmp_path):
+    plt = report.pyplot()
+    results = {"machine": MACHINE, "cases": [
+        _record("A", {"lnjax": 1.0, "flax": 2.0}, [("flax", "lnjax", 1.5)])]}
+    (bar,) = report.ratio_bars(results["cases"])
+    assert bar == report.Bar("A: flax / lnjax", 2.0, 1.5, True)
+    report.plot(results, tmp_path / "one.png")
+    panels = {"p": [bar, report.Bar("b", 0.5)], "q": [], "r": [report.Bar("c", 1.0, 2.0, False)]}
+    report.plot(results, tmp_path / "grid.png", panels=panels, columns=2)
+    one, grid = plt.imread(tmp_path / "one.png"), plt.imread(tmp_path / "grid.png")
+    assert grid.shape[1] > one.shape[1]  # two panels a row: wider
+    assert grid.shape[0] > one.shape[0]  # two rows of panels: taller
+
+
+def test_run_markdown_and_plot_moved_to_report():
+    from benchmarks import run as bench
+
+    for name in ("markdown", "plot"):
+        with pytest.warns(DeprecationWarning, match=f"benchmarks.report.{name}"):
+            assert getattr(bench, name) is getattr(report, name)
+    with pytest.raises(AttributeError):
+        bench.not_a_name  # noqa: B018
+
+
+def test_command_lines_keep_their_flags(capsys, monkeypatch):
+    from benchmarks import run as bench
+
+    monkeypatch.setenv("COLUMNS", "200")  # argparse's width: no flag list broken in two
+
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--quick", "--out", "--shapes", "--cases", "--device"))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--device", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--quick", "--out", "--cases", "--max-seconds"))
+    assert "layer_norm,rms_norm,lstm,image_norms" in text
 
 
 def test_quick_main_parses_measures_prints_and_writes(tmp_path, capsys):

@@ -2,21 +2,29 @@
 
 No timing is asserted (timings are noisy here): what is checked is that every
 (case, pass, dtype, library) that ran is recorded with a positive time and
-bandwidth, the byte model, the skips (PyTorch, CUDA, the time budget) with
+bandwidth by the byte model, the skips (PyTorch, CUDA, the time budget) with
 their notes, the correctness check that keeps a broken kernel from being
-timed, and the files written.
+timed, and the files written. The byte model and the targets have their own
+tests (test_benchmarks_byte_model.py, test_benchmarks_targets.py).
 """
 
 from __future__ import annotations
 
-import doctest
 import json
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import device, harness
+from benchmarks import (
+    byte_model,
+    cases,
+    device,
+    device_checks,
+    device_passes,
+    harness,
+    targets,
+)
 from benchmarks import run as cpu_suite
 
 QUICK_SHAPE = device.QUICK["shapes"][0]
@@ -72,20 +80,24 @@ def test_every_timed_pass_is_recorded_with_time_and_bandwidth(quick_run):
     for group in groups:
         assert group["errors"] == {}, group["errors"]
         assert set(group["checks"]) == jax_libraries
-        assert all(err <= device.TOLERANCE[group["dtype"]] for err in group["checks"].values())
+        assert all(err <= device_checks.TOLERANCE[group["dtype"]]
+                   for err in group["checks"].values())
         ran = {(r["library"], r["pass"]) for r in group["rows"]}
-        assert ran == {(lib, p) for lib in jax_libraries for p in device.PASSES}
+        assert ran == {(lib, p) for lib in jax_libraries for p in byte_model.PASSES}
         for row in group["rows"]:
             assert row["ms"] > 0 and row["gb_per_s"] > 0 and row["copy_fraction"] > 0
             assert row["device_ms"] is not None and row["device_ms"] > 0
             assert row["basis"] == "wall"  # on a CPU
-            nbytes = device.pass_bytes("layer_norm", row["pass"], QUICK_SHAPE, group["dtype"])
+            nbytes = byte_model.pass_bytes("layer_norm", row["pass"], QUICK_SHAPE,
+                                           group["dtype"])
             assert (row["bytes_read"], row["bytes_written"]) == (nbytes["read"],
                                                                  nbytes["written"])
             total = nbytes["read"] + nbytes["written"]
             assert row["gb_per_s"] == pytest.approx(total / row["ms"] / 1e6)
         assert group["copy_ms"] > 0 and group["copy_gb_per_s"] > 0
-        assert group["copies"] == device.copies(QUICK_SHAPE, group["dtype"]) == 16
+        assert group["copies"] == byte_model.copies(QUICK_SHAPE, group["dtype"]) == 16
+        copy_bytes = byte_model.copy_bytes(QUICK_SHAPE, group["dtype"])
+        assert group["copy_gb_per_s"] == pytest.approx(copy_bytes / group["copy_ms"] / 1e6)
         labels = [r["label"] for r in group["ratios"]]
         assert labels == ["flax: forward_backward / lnjax xla: forward_backward",
                           "flax: forward_backward / lnjax pallas: forward_backward"]
@@ -98,6 +110,32 @@ def test_every_timed_pass_is_recorded_with_time_and_bandwidth(quick_run):
     md = (quick_run[0] / "results.md").read_text()
     assert "| layer_norm 16x1000 bf16 | forward saving stats |" in md
     assert "| forward ≥ 0.85 × copy bandwidth |" in md
+
+
+def test_report_and_chart_in_the_one_format(quick_run):
+    """results.md is report.markdown's layout (the passes and targets tables, then the LSTM
+    and image norm cases in the cases table, their memory, the notes); the chart's panels
+    are the copy fractions of each pass and dtype against the targets."""
+    out, results = quick_run
+    md = (out / "results.md").read_text()
+    assert md == device.markdown(results)
+    header = "| case | median ms | ratio | value | target | met |"
+    assert md.index("| group | pass |") < md.index("| target | lnjax xla |") < md.index(header)
+    assert f"| {results['lstm']['title']} |" in md
+    assert "| compiled fwd+bwd temp memory |" in md and "\nNotes:\n" in md
+    panels = device.copy_fraction_panels(results)
+    assert list(panels) == [f"{label}, {dtype}" for label in byte_model.PASSES.values()
+                            for dtype in ("f32", "bf16")]
+    rows = {(g["dtype"], r["pass"], r["library"]): r for g in results["groups"]
+            for r in g["rows"]}
+    for pass_, label in byte_model.PASSES.items():
+        bars = panels[f"{label}, bf16"]
+        assert [b.label for b in bars] == [f"LN 16x1000 {lib}"
+                                           for lib in ("lnjax xla", "lnjax pallas", "flax")]
+        for bar, library in zip(bars, ("lnjax xla", "lnjax pallas", "flax")):
+            assert bar.value == rows["bf16", pass_, library]["copy_fraction"]
+            goal = (targets.COPY_TARGETS.get(pass_) if library != "flax" else None)
+            assert (bar.target, bar.met) == (goal, None if goal is None else bar.value >= goal)
 
 
 def test_lstm_is_timed_against_flax(quick_run):
@@ -124,38 +162,9 @@ def test_torch_without_cuda_is_skipped_with_a_note(quick_run, monkeypatch):
     assert info["torch_note"] == "PyTorch is not installed: its cases are skipped"
 
 
-def test_byte_model_is_the_hand_count():
-    rows, width = 4096, 1024
-    e = 2  # bf16
-    x = rows * width * e
-    ln_forward = device.pass_bytes("layer_norm", "forward", (rows, width), "bf16")
-    assert ln_forward == {"read": x + 2 * width * e, "written": x}
-    ln_backward = device.pass_bytes("layer_norm", "backward", (rows, width), "bf16")
-    # reads x, dy, scale and mean + 1/sigma (f32) per row; writes dx, dscale, dbias
-    assert ln_backward == {"read": 2 * x + width * e + 8 * rows, "written": x + 2 * width * e}
-    assert ln_backward == {"read": 16_812_032, "written": 8_392_704}
-    rms_stats = device.pass_bytes("rms_norm", "forward_stats", (16384, 256), "f32")
-    assert rms_stats == {"read": 16384 * 256 * 4 + 256 * 4,
-                         "written": 16384 * 256 * 4 + 4 * 16384}
-    both = device.pass_bytes("rms_norm", "forward_backward", (16384, 256), "f32")
-    back = device.pass_bytes("rms_norm", "backward", (16384, 256), "f32")
-    assert both == {k: rms_stats[k] + back[k] for k in both}
-    assert device.copy_bytes((rows, width), "bf16") == 2 * x
-    # copies of x rotated among: 256 MiB of x, 1 to 16 copies
-    assert device.copies((589824, 128), "f32") == 1  # 288 MiB
-    assert device.copies((589824, 128), "bf16") == 2  # 144 MiB
-    assert device.copies((4096, 1024), "f32") == 16  # 16 MiB
-    with pytest.raises(ValueError, match="unknown pass"):
-        device.pass_bytes("layer_norm", "sideways", (rows, width), "f32")
-    result = doctest.testmod(device)
-    assert result.attempted > 0 and result.failed == 0
-
-
-def test_a_broken_or_failing_library_is_reported_not_timed(monkeypatch):
-    real = device.jax_norm
-
-    def jax_norm(case, library):
-        f = real(case, library)
+def test_a_broken_or_failing_library_is_reported_not_timed():
+    def norm(case, library):
+        f = device_passes.jax_norm(case, library)
         if library == "lnjax pallas":
             return lambda x, *p: f(x, *p) + 1  # wrong by one everywhere
         if library == "flax":
@@ -164,27 +173,26 @@ def test_a_broken_or_failing_library_is_reported_not_timed(monkeypatch):
             return fails
         return f
 
-    monkeypatch.setattr(device, "jax_norm", jax_norm)
     config = device.Config(**device.QUICK)
-    inputs = cpu_suite.norm_inputs((8, 256), 0)
-    group = device.run_group("rms_norm", (8, 256), "f32", inputs, config, None)
+    inputs = cases.norm_inputs((8, 256), 0)
+    group = device.run_group("rms_norm", (8, 256), "f32", inputs, config, None, norm=norm)
     assert group["errors"]["lnjax pallas"].startswith("check failed")
     assert group["errors"]["flax"] == "NotImplementedError: no such kernel"
     assert {r["library"] for r in group["rows"]} == {"lnjax xla"}
-    assert {r["pass"] for r in group["rows"]} == set(device.PASSES)
+    assert {r["pass"] for r in group["rows"]} == set(byte_model.PASSES)
 
 
 def test_torch_passes_match_the_reference_and_are_timed():
     """PyTorch's four passes (on CUDA in a device run) checked and timed here on its CPU."""
     pytest.importorskip("torch", reason="PyTorch is not installed (make test installs torch==2.13.0)")
     config = device.Config(**device.QUICK)
-    inputs = cpu_suite.norm_inputs((8, 256), 1)
+    inputs = cases.norm_inputs((8, 256), 1)
     for case, dtype in (("layer_norm", "bf16"), ("rms_norm", "f32")):
         group = device.run_group(case, (8, 256), dtype, inputs, config, "cpu")
         assert group["errors"] == {}, group["errors"]
-        assert group["checks"]["torch"] <= device.TOLERANCE[dtype]
+        assert group["checks"]["torch"] <= device_checks.TOLERANCE[dtype]
         torch_rows = [r for r in group["rows"] if r["library"] == "torch"]
-        assert {r["pass"] for r in torch_rows} == set(device.PASSES)
+        assert {r["pass"] for r in torch_rows} == set(byte_model.PASSES)
         assert all(r["ms"] > 0 and r["gb_per_s"] > 0 and r["device_ms"] is None
                    for r in torch_rows)
         labels = {r["label"] for r in group["ratios"]}
@@ -204,18 +212,6 @@ def test_max_seconds_skips_with_a_note(tmp_path, capsys):
     md = (tmp_path / "results.md").read_text()
     assert "No group was timed." in md and "- skipped, as the time budget" in md
     assert "wrote " in capsys.readouterr().out
-
-
-def test_budget_predicts_the_next_group_from_the_longest():
-    now = [0.0]
-    budget = device.Budget(10.0, clock=lambda: now[0])
-    assert budget.allows()  # nothing measured yet
-    now[0] = 3.0
-    budget.took(3.0)
-    assert budget.allows()  # 3 + 3 <= 10
-    now[0] = 7.5
-    assert not budget.allows()  # 7.5 + 3 > 10
-    assert budget.skip_note(["a", "b"]).endswith("(elapsed 8 s, longest group 3 s): a, b")
 
 
 def test_pipelined_timing_waits_once_per_timing():
