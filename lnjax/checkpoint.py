@@ -187,6 +187,30 @@ def _place_like(value: np.ndarray, like: Any) -> Any:
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
+def _tree(state: TrainState) -> dict[str, Any]:
+    """What is saved of a state."""
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state}
+
+
+def _move_aside(directory: str, steps: list[int]) -> None:
+    """Renames damaged steps' folders to ``<step>.damaged`` (orbax ignores them).
+
+    Every process has decided on ``steps`` before any folder moves.
+    """
+    _barrier("lnjax-checkpoint-move-aside")
+    if jax.process_index() == 0:
+        for step in steps:
+            folder = os.path.join(directory, str(step))
+            target = base = folder + ".damaged"
+            k = 1
+            while os.path.exists(target):
+                k += 1
+                target = f"{base}-{k}"
+            os.replace(folder, target)
+    _barrier("lnjax-checkpoint-moved-aside")
+
+
 class Checkpointer:
     """Saves and restores a :class:`~lnjax.steps.TrainState` and a JSON history, verified.
 
@@ -229,11 +253,6 @@ class Checkpointer:
         # Retention is done here, over intact checkpoints only: orbax keeps everything.
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
-
-    @staticmethod
-    def _tree(state: TrainState) -> dict[str, Any]:
-        return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-                "opt_state": state.opt_state}
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(int(step)))
@@ -282,23 +301,6 @@ class Checkpointer:
                 "folder to start over.", step=None, directory=self.directory)
         return None
 
-    def _move_aside(self, steps: list[int]) -> None:
-        """Renames damaged steps' folders to ``<step>.damaged`` (orbax ignores them).
-
-        Every process has decided on ``steps`` before any folder moves.
-        """
-        _barrier("lnjax-checkpoint-move-aside")
-        if jax.process_index() == 0:
-            for step in steps:
-                target = base = self._step_dir(step) + ".damaged"
-                k = 1
-                while os.path.exists(target):
-                    k += 1
-                    target = f"{base}-{k}"
-                os.replace(self._step_dir(step), target)
-        _barrier("lnjax-checkpoint-moved-aside")
-        self._manager.reload()
-
     def _remove_old(self) -> None:
         """Deletes the checkpoints older than the newest ``max_to_keep`` intact ones.
 
@@ -332,7 +334,7 @@ class Checkpointer:
         """
         ocp = self._ocp
         step = int(step)
-        tree = self._tree(state)
+        tree = _tree(state)
         if not all_finite(tree):
             raise FloatingPointError(
                 f"Checkpointer.save: the state of step {step} holds a NaN or an infinity; "
@@ -343,7 +345,8 @@ class Checkpointer:
                 raise ValueError(f"Checkpointer.save: step {s} is already saved in "
                                  f"{self.directory}; cannot save step {step}.")
         if later:  # damaged ones (skipped by the restore): kept aside, never overwritten
-            self._move_aside(later)
+            _move_aside(self.directory, later)
+            self._manager.reload()
         saved = self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), history=ocp.args.JsonSave(dict(history))))
         self._manager.wait_until_finished()
@@ -402,7 +405,7 @@ class Checkpointer:
         """
         ocp = self._ocp
         step = self._checked_step(step)
-        like = self._tree(template)
+        like = _tree(template)
         # numpy leaves: restored on the host, whatever sharding they were saved with
         target = jax.tree.map(lambda a: np.empty(np.shape(a), getattr(a, "dtype", None)
                                                  or np.result_type(a)), like)
