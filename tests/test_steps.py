@@ -112,7 +112,8 @@ def test_the_default_loss_is_classification_loss():
     explicit = steps.create_train_state(Dense(), optax.sgd(0.1), X[:1], seed=0,
                                         loss_fn=steps.classification_loss)
     batch = {"x": X, "y": LABELS}
-    (s1, m1), (s2, m2) = steps.train_step(default, batch), steps.train_step(explicit, batch)
+    step = jax.jit(steps.train_step)
+    (s1, m1), (s2, m2) = step(default, batch), step(explicit, batch)
     logits = default.apply_fn({"params": default.params}, X, train=True)
     expect = optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean()
     np.testing.assert_allclose(m1["loss"], expect, rtol=1e-6)
@@ -125,7 +126,7 @@ def test_the_default_loss_is_classification_loss():
 def test_a_regression_loss_on_float_targets_reports_the_loss_alone():
     state = steps.create_train_state(Dense(out=2), optax.sgd(0.1), X[:1], seed=0, loss_fn=mse)
     w = np.array([1.0] * 12 + [0.0] * 4, np.float32)
-    new, m = steps.train_step(state, {"x": X, "y": TARGETS, "weight": w})
+    new, m = jax.jit(steps.train_step)(state, {"x": X, "y": TARGETS, "weight": w})
     assert set(m) == {"loss"}
     out = state.apply_fn({"params": state.params}, X, train=True)
     np.testing.assert_allclose(m["loss"], np.mean(np.mean((out - TARGETS) ** 2, -1)[:12]),
@@ -143,7 +144,7 @@ def test_a_regression_loss_on_float_targets_reports_the_loss_alone():
 def test_a_loss_with_errors_reports_them():
     state = steps.create_train_state(Dense(out=2), optax.sgd(0.1), X[:1], seed=0,
                                      loss_fn=mse_and_misses)
-    _, m = steps.train_step(state, {"x": X, "y": TARGETS})
+    _, m = jax.jit(steps.train_step)(state, {"x": X, "y": TARGETS})
     out = state.apply_fn({"params": state.params}, X, train=True)
     np.testing.assert_allclose(m["error"], np.mean(np.any(np.abs(out - TARGETS) > 1, -1)))
     assert steps.metric_names(state, X, TARGETS) == ("loss", "error")
