@@ -69,9 +69,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import os
 import pathlib
 import time
+import warnings
 from typing import Any
 
 # JAX would otherwise take 75% of the accelerator's memory at start, leaving
@@ -434,6 +436,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"wrote {args.out}/results.json, results.md, results.png "
           f"({results['seconds']:.0f} s)")
     return results
+
+
+# Names that moved, by the module that has them now.
+_MOVED = {
+    **dict.fromkeys(("copies", "ROTATE_BYTES"), "benchmarks.byte_model"),
+    **dict.fromkeys(("COPY_TARGETS", "TOKAMAX"), "benchmarks.targets"),
+    **dict.fromkeys(("DTYPES", "lower_passes", "pass_arguments", "compile_all", "jax_outputs",
+                     "torch_passes"), "benchmarks.device_passes"),
+    **dict.fromkeys(("TOLERANCE", "reference", "check_error"), "benchmarks.device_checks"),
+    "EPSILON": "benchmarks.cases",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The names that moved to the modules of the suite's jobs (the byte model, the
+    targets, the passes, the checks), with a ``DeprecationWarning``."""
+    if name in _MOVED:
+        warnings.warn(f"benchmarks.device.{name} is deprecated: use {_MOVED[name]}.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ epoch as one ``lax.scan`` against a Python loop of jitted steps is
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import pathlib
 import sys
@@ -278,16 +279,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}/results.json, results.md, results.png")
 
 
-_MOVED = {"markdown": "benchmarks.report.markdown", "plot": "benchmarks.report.plot"}
+# Names that moved, by the module that has them now.
+_MOVED = {"markdown": "benchmarks.report", "plot": "benchmarks.report",
+          "lstm_case": "benchmarks.cases", "FlaxLNLSTMCell": "benchmarks.cases",
+          "ResBlock": "benchmarks.cases"}
 
 
 def __getattr__(name: str) -> Any:
-    """``markdown`` and ``plot``, now :func:`benchmarks.report.markdown` and
-    :func:`benchmarks.report.plot`, with a ``DeprecationWarning``."""
+    """The names that moved (``markdown`` and ``plot`` to :mod:`benchmarks.report`, the
+    LSTM and ResNet pieces to :mod:`benchmarks.cases`), with a ``DeprecationWarning``."""
     if name in _MOVED:
-        warnings.warn(f"benchmarks.run.{name} is deprecated: use {_MOVED[name]}",
+        warnings.warn(f"benchmarks.run.{name} is deprecated: use {_MOVED[name]}.{name}",
                       DeprecationWarning, stacklevel=2)
-        return getattr(report, name)
+        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

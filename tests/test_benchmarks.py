@@ -144,14 +144,26 @@ def test_report_plot_draws_a_bar_per_value_in_panels(tmp_path):
     assert grid.shape[0] > one.shape[0]  # two rows of panels: taller
 
 
-def test_run_markdown_and_plot_moved_to_report():
-    from benchmarks import run as bench
+MOVED = [("run", name, "report") for name in ("markdown", "plot")]
+MOVED += [("run", name, "cases") for name in ("lstm_case", "FlaxLNLSTMCell", "ResBlock")]
+MOVED += [("device", name, "byte_model") for name in ("copies", "ROTATE_BYTES")]
+MOVED += [("device", name, "targets") for name in ("COPY_TARGETS", "TOKAMAX")]
+MOVED += [("device", name, "device_passes") for name in (
+    "DTYPES", "lower_passes", "pass_arguments", "compile_all", "jax_outputs", "torch_passes")]
+MOVED += [("device", name, "device_checks") for name in ("TOLERANCE", "reference", "check_error")]
+MOVED += [("device", "EPSILON", "cases")]
 
-    for name in ("markdown", "plot"):
-        with pytest.warns(DeprecationWarning, match=f"benchmarks.report.{name}"):
-            assert getattr(bench, name) is getattr(report, name)
+
+@pytest.mark.parametrize("old, name, new", MOVED)
+def test_moved_names_keep_working_with_a_deprecation_warning(old, name, new):
+    import importlib
+
+    before, after = (importlib.import_module(f"benchmarks.{m}") for m in (old, new))
+    with pytest.warns(DeprecationWarning, match=f"benchmarks.{old}.{name} is deprecated: "
+                                                f"use benchmarks.{new}.{name}"):
+        assert getattr(before, name) is getattr(after, name)
     with pytest.raises(AttributeError):
-        bench.not_a_name  # noqa: B018
+        before.not_a_name  # noqa: B018
 
 
 def test_command_lines_keep_their_flags(capsys, monkeypatch):
