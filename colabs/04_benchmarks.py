@@ -86,6 +86,7 @@ if not (root / "benchmarks" / "run.py").exists():
     raise FileNotFoundError(f"benchmarks/ not found beside {root / 'lnjax'}: run this "
                             "notebook from a clone of the repository (pip install -e .)")
 sys.path.insert(0, str(root))
+from benchmarks import report
 from benchmarks import run as bench  # importable now that the clone is on the path
 
 out = Path(tempfile.mkdtemp(prefix="lnjax-bench-"))
@@ -95,7 +96,7 @@ print(results["machine"])
 # %% [markdown]
 # ## Speed-ups and the memory floor
 #
-# `benchmarks.run.plot(results, path)` draws every ratio of the run as one bar: against
+# `benchmarks.report.plot(results, path)` draws every ratio of the run as one bar: against
 # flax and PyTorch, how many times faster lnjax is (above 1, lnjax is faster); against
 # a memory copy of the same bytes, lnjax's time in units of one copy. The forward pass
 # reads `x` and writes `y` (about 1 copy); forward + backward also reads `dy` and
@@ -103,7 +104,7 @@ print(results["machine"])
 # speed work: a green bar meets its target, a red one misses it, a gray one has none.
 
 # %%
-bench.plot(results, out / "ratios.png")
+report.plot(results, out / "ratios.png")
 display(Image(filename=str(out / "ratios.png")))
 
 # %% [markdown]

@@ -354,7 +354,8 @@ def _epoch_fn(mesh: jax.sharding.Mesh, report: Callable | None,
         return steps.scan_epoch(
             state, batches, grad_reduce=total, report=report,
             report_every=report_every, report_when=lambda: lax.axis_index(axis) == 0,
-            sync=lambda s: s.replace(batch_stats=lax.pmean(s.batch_stats, axis)))
+            sync=lambda s: s.replace(batch_stats=lax.pmean(s.batch_stats, axis)),
+            rng_fold=lax.axis_index(axis))  # each device draws its own dropout masks
 
     batch_spec = P(None, axis)
     fn = jax.shard_map(local_epoch, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()),
