@@ -4,9 +4,6 @@ model's pieces; the verdicts computed from the numbers."""
 
 import functools
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +12,7 @@ import optax
 import pytest
 
 from lnjax import parallel, training
-from lnjax.experiments import convnet
+from lnjax.experiments import convnet, settings
 from tests.helpers import small_mnist
 
 N_TRAIN, N_VAL, N_TEST = 128, 64, 64  # validation and test alike: one evaluation compiled
@@ -23,27 +20,27 @@ TINY = ["--channels", "8,8", "--no-progress", "--lr", "1e-2"]
 
 
 @pytest.fixture
-def mnist_dir(tmp_path, monkeypatch):
+def mnist(tmp_path):
     """A small MNIST-format data set in tmp_path/data/mnist; validation = last 64 examples."""
-    return small_mnist(tmp_path, monkeypatch, N_TRAIN, N_VAL, N_TEST)
+    return small_mnist(tmp_path, N_TRAIN, N_VAL, N_TEST)
 
 
-def data_flags(mnist_dir, out):
-    return ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(out),
+def data_flags(mnist, out):
+    return ["--dataset", "mnist", *mnist.flags, "--out", str(out),
             "--train-examples", str(N_TRAIN)]
 
 
 # ------------------------------------------------------------------ end to end
 
 
-def test_end_to_end_one_device_and_split_over_eight(mnist_dir, tmp_path, capsys):
+def test_end_to_end_one_device_and_split_over_eight(mnist, tmp_path, capsys):
     assert jax.device_count() == 8  # tests/conftest.py
     out = tmp_path / "cnn"
-    results = convnet.main(data_flags(mnist_dir, out) + TINY + [
+    results = convnet.main(data_flags(mnist, out) + TINY + [
         "--batch-sizes", "16,32", "--data-parallel", "32", "--epochs", "2"])
     printed = capsys.readouterr().out
-    assert "batch 16, one device: 1 device" in printed
-    assert "batch 32 over 8 devices (4 each): 8 devices" in printed
+    assert "Batch settings: batch 16, one device, batch 32 over 8 devices (4 each)." in printed
+    assert "Skipped" not in printed  # batchnorm_sync at 16 is a run marked skipped
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["runs"] == json.loads(json.dumps(results["runs"]))
     assert on_disk["dataset"]["sizes"] == {"train": N_TRAIN, "validation": N_VAL,
@@ -68,10 +65,12 @@ def test_end_to_end_one_device_and_split_over_eight(mnist_dir, tmp_path, capsys)
     assert "| batchnorm_sync | 32 | 8 |" in summary and "| batchnorm_sync | 16 |" not in summary
     assert summary.count("- **") == 4  # verdicts: two at batch 16; at 32 over 8 and its control
     assert "\n".join(convnet.verdicts(on_disk)) in summary
+    assert summary == convnet.summary(on_disk)  # the driver wrote the experiment's summary
+    assert summary.strip() in printed
 
 
-def test_resumes_from_checkpoints(mnist_dir, tmp_path):
-    base = data_flags(mnist_dir, tmp_path / "cnn") + TINY + [
+def test_resumes_from_checkpoints(mnist, tmp_path):
+    base = data_flags(mnist, tmp_path / "cnn") + TINY + [
         "--methods", "batchrenorm", "--batch-sizes", "16", "--data-parallel", "none"]
     first = convnet.main(base + ["--epochs", "1"])["runs"]["batchrenorm"]["16"]["0"]
     resumed = convnet.main(base + ["--epochs", "2"])["runs"]["batchrenorm"]["16"]["0"]
@@ -82,27 +81,51 @@ def test_resumes_from_checkpoints(mnist_dir, tmp_path):
     assert resumed["test_loss"] == fresh["test_loss"]
 
 
-def test_python_dash_m_asks_for_eight_cpu_devices(tmp_path):
-    """The command line sets XLA_FLAGS itself, before jax starts (imports do not start it):
-    its check of --devices finds 8."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-m", "lnjax.experiments.convnet", "--devices", "9",
-                           "--out", str(tmp_path / "cnn")], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "--devices must be between 1 and 8 (the devices available), got 9" in done.stderr
+def test_asks_for_host_devices_only_when_not_told():
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    convnet.ask_for_host_devices(8, env)
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    convnet.ask_for_host_devices(8, env)
+    assert env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {}
+    convnet.ask_for_host_devices(4, env)
+    assert env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
 
-def test_asks_for_host_devices_only_when_not_told(monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-    convnet._ask_for_host_devices(8)
-    assert os.environ["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x "
-                                       "--xla_force_host_platform_device_count=8")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    convnet._ask_for_host_devices(8)
-    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+def test_default_methods_without_a_split_batch_run_all_but_batchnorm_sync(mnist, tmp_path,
+                                                                           capsys):
+    """The default --methods include batchnorm_sync; with no batch split over devices it is
+    left out, said in one line, and the other methods run."""
+    s, skipped = convnet.plan(convnet.ConvNetSettings(batch_sizes=(128,)))
+    assert s.methods == tuple(m for m in convnet.METHODS if m != "batchnorm_sync")
+    assert skipped == ["batchnorm_sync (it needs a batch split over devices: none of "
+                       "--batch-sizes 128 is in --data-parallel 32)"]
+    # On the command line (two methods here, for speed; the default five run the same way):
+    # one device also leaves out the split batch size, in the same one line.
+    out = tmp_path / "cnn"
+    results = convnet.main(data_flags(mnist, out) + TINY + [
+        "--methods", "groupnorm,batchnorm_sync", "--batch-sizes", "16,32", "--devices", "1",
+        "--epochs", "1"])
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("Skipped")]
+    assert lines[0] == (
+        "Skipped: batch size 32 (--data-parallel 32 needs several devices, found 1: on a CPU "
+        "set XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax starts (python -m "
+        "lnjax.experiments.convnet does)); batchnorm_sync (it needs a batch split over "
+        "devices: none of --batch-sizes 16 is in --data-parallel 32).")
+    assert list(results["runs"]) == ["groupnorm"] and list(results["runs"]["groupnorm"]) == ["16"]
+    assert results["skipped"] == json.loads((out / "results.json").read_text())["skipped"]
+    assert (out / "summary.md").read_text().rstrip().endswith(lines[0])
+
+
+def test_plan_refuses_what_cannot_run_at_all():
+    with pytest.raises(settings.SettingsError, match="must divide evenly over the 8 devices"):
+        convnet.plan(convnet.ConvNetSettings(batch_sizes=(36,), data_parallel=(36,)))
+    with pytest.raises(settings.SettingsError, match="needs several devices, found 1"):
+        convnet.plan(convnet.ConvNetSettings(batch_sizes=(32,), devices=1))
+    same = convnet.ConvNetSettings(batch_sizes=(128, 32), devices=4)
+    assert convnet.plan(same) == (same, [])
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -111,8 +134,8 @@ def test_asks_for_host_devices_only_when_not_told(monkeypatch):
     (["--batch-sizes", "36", "--data-parallel", "36"], "must divide evenly over the 8 devices"),
     (["--batch-sizes", "32", "--data-parallel", "32", "--devices", "1"],
      "needs several devices, found 1"),
-    (["--methods", "batchnorm_sync", "--batch-sizes", "128,4"], "batchnorm_sync needs a batch "
-                                                               "split over devices"),
+    (["--methods", "batchnorm_sync", "--batch-sizes", "128,4"],
+     "--methods batchnorm_sync: it needs a batch split over devices"),
     (["--data-parallel", "a"], "invalid"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
@@ -169,7 +192,7 @@ def test_convolution_and_its_gradient_match_xla():
     reference = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(convnet.conv_same(x, k), reference, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(convnet._conv_im2col(x, k), reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(convnet.conv_im2col(x, k), reference, rtol=1e-5, atol=1e-5)
     ours = jax.vjp(convnet.conv_same, x, k)[1](g)
     xla = jax.vjp(lambda a, b: jax.lax.conv_general_dilated(
         a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k)[1](g)

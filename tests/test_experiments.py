@@ -1,25 +1,40 @@
-"""The experiments: tiny end-to-end runs of the command lines on IDX files the tests write,
-and the paper's Table 1 (lnjax.experiments.invariance)."""
+"""The experiments' command lines (lnjax.experiments.driver, pi_mnist, seq_mnist): tiny
+end-to-end runs on IDX files the tests write; the paper's Table 1
+(lnjax.experiments.invariance); the old names of lnjax.experiments.common."""
 
+import dataclasses
+import inspect
 import json
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lnjax import data
-from lnjax.experiments import common, invariance, pi_mnist, seq_mnist
-from tests.helpers import known_sha256, small_mnist, write_mnist_folder
+from lnjax.experiments import (
+    convnet,
+    driver,
+    invariance,
+    pi_mnist,
+    plots,
+    results,
+    runs,
+    seq_mnist,
+    settings,
+    tables,
+    transformer,
+)
+from tests.helpers import add_known_sha256, known_sha256, small_mnist, write_mnist_folder
 
 N_TRAIN, N_VAL, N_TEST = 128, 48, 64  # batches of 16 and 4: equal scans, one compilation
 
 
 @pytest.fixture
-def mnist_dir(tmp_path, monkeypatch):
+def mnist(tmp_path):
     """A small MNIST-format data set in tmp_path/data/mnist; validation = last 48 examples."""
-    return small_mnist(tmp_path, monkeypatch, N_TRAIN, N_VAL, N_TEST)
+    return small_mnist(tmp_path, N_TRAIN, N_VAL, N_TEST)
 
 
 def read_results(out):
@@ -31,9 +46,9 @@ def is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_pi_mnist_end_to_end(mnist_dir, tmp_path, capsys):
+def test_pi_mnist_end_to_end(mnist, tmp_path, capsys):
     out = tmp_path / "pi"
-    argv = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--hidden", "32,32",
+    argv = ["--dataset", "mnist", *mnist.flags, "--hidden", "32,32",
             "--batch-sizes", "16,4", "--epochs", "2", "--lr", "3e-3", "--out", str(out),
             "--no-progress"]
     results = pi_mnist.main(argv)
@@ -58,9 +73,9 @@ def test_pi_mnist_end_to_end(mnist_dir, tmp_path, capsys):
     assert (out / "summary.md").read_text().startswith("| method | batch size |")
 
 
-def test_pi_mnist_resumes_from_checkpoints(mnist_dir, tmp_path):
+def test_pi_mnist_resumes_from_checkpoints(mnist, tmp_path):
     out = tmp_path / "pi"
-    base = ["--dataset", "mnist", "--data-dir", str(mnist_dir), "--hidden", "16,16",
+    base = ["--dataset", "mnist", *mnist.flags, "--hidden", "16,16",
             "--methods", "layernorm", "--batch-sizes", "8", "--out", str(out), "--no-progress"]
     first = pi_mnist.main(base + ["--epochs", "1"])["runs"]["layernorm"]["8"]["0"]
     resumed = pi_mnist.main(base + ["--epochs", "2"])["runs"]["layernorm"]["8"]["0"]
@@ -68,11 +83,17 @@ def test_pi_mnist_resumes_from_checkpoints(mnist_dir, tmp_path):
     assert resumed["test_error"][:1] == first["test_error"]
     assert resumed["step_loss"] == fresh["step_loss"]
     assert resumed["test_loss"] == fresh["test_loss"]
+    # pi_mnist.run with the keywords callers pass (epochs, lr, seed, out, resume, progress,
+    # hidden) is the command line's run: it finds that run's checkpoint and trains nothing.
+    splits, _ = mnist.load_splits()
+    again = pi_mnist.run("layernorm", 8, splits, epochs=2, lr=1e-3, seed=0, out=str(out),
+                         resume=True, progress=False, hidden=[16, 16])
+    assert again["step_loss"] == fresh["step_loss"] and again["seconds"] == fresh["seconds"]
 
 
-def test_seq_mnist_end_to_end(mnist_dir, tmp_path, capsys):
+def test_seq_mnist_end_to_end(mnist, tmp_path, capsys):
     out = tmp_path / "seq"
-    seq_mnist.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--hidden", "16",
+    seq_mnist.main(["--dataset", "mnist", *mnist.flags, "--hidden", "16",
                     "--batch-sizes", "16", "--epochs", "3", "--lr", "1e-2", "--out", str(out),
                     "--no-progress"])
     assert "| ln_lstm | 16 |" in capsys.readouterr().out
@@ -90,8 +111,8 @@ def _tiny_pi_mnist(data_dir, out, monkeypatch, extra=()):
     """pi_mnist --dataset auto on ``data_dir`` (one short run); returns the results on disk
     and the figure's title."""
     titles = []
-    real = common.save_figure
-    monkeypatch.setattr(common, "save_figure",
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure",
                         lambda fig, path, title: (titles.append(title), real(fig, path, title)))
     pi_mnist.main(["--dataset", "auto", "--data-dir", str(data_dir), "--hidden", "8",
                    "--methods", "layernorm", "--batch-sizes", "16", "--epochs", "1",
@@ -106,11 +127,10 @@ def test_auto_run_is_named_after_its_files(tmp_path, monkeypatch, capsys, known)
     their checksums are Fashion-MNIST's the run is recorded and titled fashion_mnist, else
     it keeps the name that found them and is recorded as unknown data."""
     folder = write_mnist_folder(tmp_path / "files", N_TRAIN + N_VAL, N_TEST)
-    monkeypatch.setattr(data, "_VALIDATION_SIZE", N_VAL)
-    monkeypatch.setattr(data, "KNOWN_SHA256",
-                        known_sha256(folder, "fashion_mnist") if known else {})
-    data._read_idx_cached.cache_clear()
-    on_disk, title = _tiny_pi_mnist(folder, tmp_path / "out", monkeypatch)
+    if known:
+        add_known_sha256(monkeypatch, known_sha256(folder, "fashion_mnist"))
+    on_disk, title = _tiny_pi_mnist(folder, tmp_path / "out", monkeypatch,
+                                    extra=["--validation-size", str(N_VAL)])
     name = "fashion_mnist" if known else "mnist"
     identity = ("fashion_mnist (verified by checksum)" if known
                 else f"unknown IDX data in {folder}")
@@ -119,24 +139,13 @@ def test_auto_run_is_named_after_its_files(tmp_path, monkeypatch, capsys, known)
     assert on_disk["dataset"]["identity"] == identity
     assert on_disk["dataset"]["verified"] is known
     assert on_disk["dataset"]["source"] == f"idx:{folder}"
+    assert on_disk["dataset"]["sizes"] == {"train": N_TRAIN, "validation": N_VAL,
+                                           "test": N_TEST}
+    assert on_disk["config"]["validation_size"] == N_VAL
     assert sorted(on_disk["dataset"]["sha256"]) == sorted(p.name for p in folder.iterdir())
     assert title.startswith(f"Permutation-invariant {name} (lnjax)")
     assert f"Data set: {identity}" in printed
     assert f"Permutation-invariant {name} ({identity}; idx:{folder}), 1 epochs" in printed
-
-
-def test_auto_run_on_debians_fashion_mnist_is_fashion_mnist(tmp_path, monkeypatch):
-    """The report's case: --data-dir at Debian's Fashion-MNIST with --dataset auto."""
-    debian = Path("/usr/share/datasets/fashion-mnist")
-    if not debian.is_dir():
-        pytest.skip(f"{debian} is absent (apt-get install dataset-fashion-mnist)")
-    data._read_idx_cached.cache_clear()
-    on_disk, title = _tiny_pi_mnist(debian, tmp_path / "out", monkeypatch,
-                                    extra=["--train-examples", "64"])
-    assert on_disk["dataset"]["name"] == "fashion_mnist"
-    assert on_disk["dataset"]["identity"] == "fashion_mnist (verified by checksum)"
-    assert on_disk["dataset"]["sizes"] == {"train": 64, "validation": 5000, "test": 10000}
-    assert title.startswith("Permutation-invariant fashion_mnist (lnjax)")
 
 
 def test_mlp_masks_padding_out_of_batch_norm_for_image_inputs():
@@ -169,34 +178,33 @@ def test_bad_flags_are_clear_errors(module, argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_help_lists_the_flags(capsys):
+def test_help_lists_the_flags_with_the_settings_defaults(capsys):
     with pytest.raises(SystemExit):
         pi_mnist.main(["--help"])
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     for flag in ("--dataset", "--data-dir", "--methods", "--batch-sizes", "--epochs", "--lr",
                  "--seed", "--out", "--seeds", "--eval-examples", "--evals-per-epoch",
-                 "--tensorboard"):
+                 "--tensorboard", "--validation-size", "--hidden", "--per-device-bn"):
         assert flag in text
+    defaults = pi_mnist.PiMnistSettings()
+    assert "--batch-sizes BATCH_SIZES comma-separated batch sizes (default: 128,4)" in text
+    assert f"(default: {defaults.epochs})" in text and "(default: 1000,1000)" in text
 
 
-def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("LNJAX_DATA_DIR", raising=False)
-    monkeypatch.setattr(data, "_DEBIAN_DIRS", {"mnist": str(tmp_path / "none"),
-                                               "fashion_mnist": str(tmp_path / "none2")})
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+def test_missing_data_is_a_clear_error(tmp_path):
+    """With --data-dir, that folder is the only place looked: an empty one stops the run
+    with the data layer's message (how to get the data)."""
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         pi_mnist.main(["--dataset", "auto", "--data-dir", str(tmp_path / "empty"),
                        "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "results.json").exists()
 
 
-def test_data_cli_reports_what_it_finds(mnist_dir, tmp_path, monkeypatch, capsys):
-    assert data.main(["mnist", "--data-dir", str(mnist_dir)]) == 0
-    assert "mnist/test: 64 examples from idx:" in capsys.readouterr().out
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(data, "_DEBIAN_DIRS", {})
-    assert data.main(["kmnist", "--data-dir", str(tmp_path / "empty")]) == 1
-    assert "none of kmnist found" in capsys.readouterr().out
+def test_too_many_devices_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        seq_mnist.main(["--devices", "9"])
+    assert ("--devices must be between 1 and 8 (the devices available), got 9"
+            in capsys.readouterr().err)
 
 
 # ------------------------------------------------------- the paper's Table 1
@@ -227,7 +235,7 @@ def test_table1_formatting_reports_agreement():
 # ------------------------------------------------------- seeds, curves, figures
 
 
-def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist_dir, tmp_path,
+def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist, tmp_path,
                                                                       monkeypatch):
     """--seeds 2: both seeds' histories in results.json, evaluated on one fixed subset for
     the curves; the table's cells read mean ± std; the figure is written as PNG and PDF;
@@ -243,7 +251,7 @@ def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist_dir,
 
     monkeypatch.setattr(training, "fit", recording_fit)
     out = tmp_path / "pi"
-    pi_mnist.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--hidden", "8",
+    pi_mnist.main(["--dataset", "mnist", *mnist.flags, "--hidden", "8",
                    "--methods", "layernorm,batchnorm", "--batch-sizes", "16", "--epochs", "2",
                    "--seeds", "2", "--seed", "5", "--eval-examples", "32",
                    "--evals-per-epoch", "2", "--out", str(out), "--no-progress",
@@ -251,10 +259,10 @@ def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist_dir,
     on_disk = read_results(out)
     assert on_disk["config"]["seeds"] == 2
     for method in ("layernorm", "batchnorm"):
-        runs = on_disk["runs"][method]["16"]
-        assert sorted(runs) == ["5", "6"]
-        assert runs["5"]["step_loss"] != runs["6"]["step_loss"]
-        for h in runs.values():
+        by_seed = on_disk["runs"][method]["16"]
+        assert sorted(by_seed) == ["5", "6"]
+        assert by_seed["5"]["step_loss"] != by_seed["6"]["step_loss"]
+        for h in by_seed.values():
             assert h["eval_steps"] == [4, 8, 12, 16]  # 8 steps an epoch, 2 points each
             assert len(h["test_curve_error"]) == len(h["validation_curve_error"]) == 4
             assert len(h["test_error"]) == 2  # the whole split, each epoch
@@ -278,15 +286,6 @@ def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist_dir,
     assert len(logs) == 4 and all("-bs16-seed" in name for name in logs)
 
 
-def test_eval_subset_is_fixed_and_drawn_from_the_whole_split():
-    ds = data.Dataset(np.arange(500.0)[:, None], np.arange(500), "toy", "test", "memory")
-    a, b = common.eval_subset(ds, 50), common.eval_subset(ds, 50)
-    np.testing.assert_array_equal(a.labels, b.labels)
-    assert len(set(a.labels.tolist())) == 50 and a.labels.max() > 100  # not the first 50
-    np.testing.assert_array_equal(a.images[:, 0], a.labels)  # images and labels together
-    assert common.eval_subset(ds, None) is ds and common.eval_subset(ds, 500) is ds
-
-
 def test_figures_and_tables_read_histories_of_one_seed_without_curves(tmp_path):
     """A results.json from before --seeds (a history per method and batch size, one point
     per epoch), as the notebooks build: the figures fall back to the per-epoch values."""
@@ -301,19 +300,162 @@ def test_figures_and_tables_read_histories_of_one_seed_without_curves(tmp_path):
         module.plot(results, str(tmp_path / name))
         assert is_png(tmp_path / name)
         assert (tmp_path / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
-    table = common.summary_table(results["runs"], columns=pi_mnist.COLUMNS)
+    table = tables.summary_table(results["runs"], columns=pi_mnist.COLUMNS)
     assert table.startswith("| method | batch size | train NLL |")
     assert "| layernorm | 4 | 0.5000 | 10.00 | 10.00 | 2 | 2 |" in table
 
 
-def test_axis_scale_is_linear_for_a_narrow_range_and_plain_on_a_log_one():
-    plt = common.pyplot()
-    fig, ax = plt.subplots()
-    assert common.set_scale(ax, [0.31, 0.9, 2.3]) == "linear"
-    assert ax.get_yscale() == "linear"
-    assert common.set_scale(ax, [0.02, 0.9, 2.3]) == "log"
-    assert ax.get_yscale() == "log"
-    fmt = ax.yaxis.get_major_formatter()
-    assert [fmt(v, 0) for v in (0.02, 0.5, 1.0, 2.0)] == ["0.02", "0.5", "1", "2"]
-    assert common.set_scale(ax, [-0.1, 5.0]) == "linear"  # not all positive
-    plt.close(fig)
+def test_run_refuses_settings_out_of_range_and_other_experiments_settings():
+    with pytest.raises(settings.SettingsError, match="--hidden must be positive"):
+        pi_mnist.run("layernorm", 8, {}, hidden=(16, 0))
+    with pytest.raises(TypeError, match="width"):
+        pi_mnist.run("layernorm", 8, {}, width=16)  # a transformer's setting
+
+
+@pytest.mark.parametrize("module", [pi_mnist, seq_mnist, convnet, transformer])
+def test_runs_take_the_settings_and_state_no_defaults_of_their_own(module):
+    """Every default is the settings class's: run's own parameters are the run's identity."""
+    params = inspect.signature(module.run).parameters
+    assert list(params) == ["method", "batch_size", "splits", "settings", "seed", "mesh",
+                            "changes"]
+    assert [p.default for p in params.values()][3:6] == [None, None, None]
+    assert module.EXPERIMENT.settings().methods == module.METHODS
+
+
+# ------------------------------------------------------- the driver's hooks
+
+
+@settings.document("A two-method experiment that trains nothing.")
+@dataclasses.dataclass(frozen=True)
+class FakeSettings(settings.Settings):
+    methods: Annotated[tuple[str, ...], settings.Flag(choices=("a", "b"))] = ("a", "b")
+    batch_sizes: tuple[int, ...] = (16, 4)
+
+
+def fake_experiment(calls):
+    def run(method, batch_size, splits, s, *, seed, mesh):
+        calls.append(s)
+        err = 0.1 * len(calls)
+        return {"epoch": [1], "steps": [2], "train_loss": [0.5], "test_error": [err],
+                "validation_error": [err], "seconds": [1.0]}
+
+    def plan(s):
+        if "b" in s.methods and 4 in s.batch_sizes:
+            return dataclasses.replace(s, methods=("a",)), ["b (not at batch size 4)"]
+        return s, []
+
+    return driver.Experiment(
+        name="fake", description="fake", title="Fake on", settings=FakeSettings, run=run,
+        plot=lambda results, path: Path(path).write_bytes(b"figure"), figure="fake.png",
+        columns=tables.columns(("epochs", "epoch", "d")), plan=plan,
+        summary=lambda r: f"{len(r['runs'])} methods; verdict: {r['verdict']}\n",
+        conclude=lambda r: {"verdict": sorted(r["runs"])})
+
+
+def test_driver_builds_the_settings_once_and_fills_summary_md_from_the_hooks(mnist, tmp_path,
+                                                                            capsys):
+    calls = []
+    out = tmp_path / "fake"
+    returned = driver.main(fake_experiment(calls), ["--dataset", "mnist", *mnist.flags,
+                                                    "--seeds", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert len(calls) == 2 * 2 and all(s is calls[0] for s in calls)  # a, seeds 0, 1; 16 and 4
+    assert calls[0] == FakeSettings(dataset="mnist", data_dir=str(mnist.data_dir),
+                                    validation_size=N_VAL, seeds=2, out=str(out), methods=("a",))
+    on_disk = read_results(out)
+    assert on_disk == json.loads(json.dumps(returned))
+    assert on_disk["skipped"] == ["b (not at batch size 4)"] and on_disk["verdict"] == ["a"]
+    assert on_disk["config"] == calls[0].record() and "progress" not in on_disk["config"]
+    assert sorted(on_disk["runs"]["a"]) == ["16", "4"]
+    summary = (out / "summary.md").read_text()
+    assert summary == "1 methods; verdict: ['a']\n\nSkipped: b (not at batch size 4).\n"
+    assert summary.strip() in printed
+    assert [line for line in printed.splitlines() if "Skipped" in line] == [
+        "Skipped: b (not at batch size 4).", "Skipped: b (not at batch size 4)."]  # and in summary
+    assert (out / "fake.png").read_bytes() == b"figure"
+
+
+def test_driver_default_summary_is_the_table_and_the_seeds_note(mnist, tmp_path, capsys):
+    calls = []
+    plain = dataclasses.replace(fake_experiment(calls), summary=None)
+    driver.main(plain, ["--dataset", "mnist", *mnist.flags, "--batch-sizes", "16", "--seeds",
+                        "2", "--seed", "3", "--out", str(tmp_path / "o")])
+    summary = (tmp_path / "o" / "summary.md").read_text()
+    assert summary.startswith("| method | batch size | seeds | train NLL |")
+    assert "| b | 16 | 2 |" in summary
+    assert summary.endswith("Each cell: mean ± standard deviation over 2 seeds (3, 4).\n")
+
+
+# ------------------------------------------------------- lnjax.experiments.common
+
+
+MOVED = {
+    settings: ("comma_list", "EVAL_EXAMPLES", "EVALS_PER_EPOCH"),
+    results: ("versions", "write_json", "batch_sizes", "is_history", "seed_histories",
+              "first_seed", "mean_history", "mean_runs", "seeds_of"),
+    runs: ("eval_subset", "run_name", "config_key", "SUBSET_SEED"),
+    tables: ("summary_table", "columns"),
+    plots: ("pyplot", "save_figure", "figure", "DECADE", "set_scale", "curve", "first_curve",
+            "smoothed_step_loss", "error_curve", "running_mean", "band", "seeds_caption",
+            "eval_caption", "legend_below"),
+    driver: ("Timer",),
+}
+
+
+@pytest.mark.parametrize("module, name", [(m, n) for m, names in MOVED.items() for n in names])
+def test_common_names_warn_and_are_the_new_objects(module, name):
+    from lnjax.experiments import common
+
+    with pytest.warns(DeprecationWarning, match=rf"common\.{name} is now {module.__name__}"):
+        old = getattr(common, name)
+    assert old is getattr(module, name)
+
+
+def test_common_fit_run_keeps_its_keywords(monkeypatch):
+    from lnjax.experiments import common
+
+    seen = []
+    monkeypatch.setattr(runs, "fit_run", lambda *a, **k: seen.append((a, k)) or {"ok": 1})
+    with pytest.warns(DeprecationWarning, match="runs.fit_run"):
+        fit_run = common.fit_run
+    history = fit_run("model", "tx", "splits", method="ln", batch_size=8, lr=0.01, seed=3,
+                      hidden=[4], epochs=2, out="o", resume=False, progress=False, desc="d",
+                      eval_examples=None)
+    assert history == {"ok": 1}
+    (model, tx, splits, run, s), kwargs = seen[0]
+    assert run == runs.Run("ln", 8, 3, model_config=[4], label="d")
+    assert s == settings.Settings(lr=0.01, epochs=2, out="o", resume=False, progress=False,
+                                  eval_examples=None)
+    assert kwargs == {"mesh": None, "takes_mask": False}
+
+
+def test_driver_parser_and_check_args_keep_working_with_a_warning(capsys):
+    with pytest.warns(DeprecationWarning, match="settings.parser"):
+        make_parser = driver.parser
+    with pytest.warns(DeprecationWarning, match="settings.from_args"):
+        check_args = driver.check_args
+    p = make_parser("old", methods=("a", "b"), default_methods=("a",), batch_sizes=(8,),
+                    epochs=3, lr=0.1, out="o")
+    args = p.parse_args(["--epochs", "4"])
+    assert (args.methods, args.batch_sizes, args.epochs, args.lr, args.seed) == (("a",), (8,),
+                                                                                 4, 0.1, 0)
+    check_args(p, args, methods=("a", "b"))
+    with pytest.raises(SystemExit):
+        check_args(p, p.parse_args(["--methods", "c"]), methods=("a", "b"))
+    assert "--methods: unknown ['c']" in capsys.readouterr().err
+
+
+def test_no_docstring_is_read_and_results_are_not_in_comments():
+    """The experiments' descriptions are strings of their own, and no measured errors are
+    quoted in their docstrings or comments (they belong to the runs' outputs)."""
+    import re
+
+    import lnjax.experiments
+
+    folder = Path(lnjax.experiments.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        text = path.read_text()
+        assert not re.search(r"__doc__(?!\s*=)", text), path.name  # set, never read
+        assert not re.search(r"\d+\.\d+ ?% (test )?error", text), path.name
+    for module in (pi_mnist, seq_mnist, convnet, transformer, invariance):
+        assert module.DESCRIPTION and module.DESCRIPTION in (module.__doc__ or "")

@@ -1,5 +1,8 @@
 """Data-parallel training on 8 CPU devices (tests/conftest.py forces them) against one device."""
 
+import inspect
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +13,6 @@ from jax.sharding import PartitionSpec as P
 import lnjax
 from lnjax import linen as lnn
 from lnjax import parallel, training
-from lnjax.experiments.pi_mnist import MLP
 from tests import reference as ref
 
 pytestmark = pytest.mark.skipif(
@@ -22,6 +24,34 @@ XB = RNG.random((4, 16, 20)).astype(np.float32)
 YB = RNG.integers(0, 10, (4, 16)).astype(np.int32)
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 F32_TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+class MLP(nn.Module):
+    """Dense layers of ``hidden`` widths, each followed by the ``method``'s normalization
+    (``"layernorm"``, ``"batchnorm"``) and ReLU, then a 10-way output layer (batch-normalized
+    too for ``"batchnorm"``). ``mask``: the real examples of a padded batch (one value per
+    example), kept out of batch norm's statistics."""
+
+    method: str = "layernorm"
+    hidden: tuple = (12, 12)
+    unbiased: bool = False
+    axis_name: str | None = None
+
+    def norm(self, x, train, mask):
+        if self.method == "batchnorm":
+            return lnn.BatchNorm(use_running_average=not train, momentum=0.99,
+                                 unbiased=self.unbiased, axis_name=self.axis_name)(x, mask=mask)
+        return lnn.LayerNorm()(x)
+
+    @nn.compact
+    def __call__(self, x, *, train, mask=None):
+        if mask is not None:
+            mask = jnp.asarray(mask).reshape((x.shape[0], 1))
+        x = x.reshape((x.shape[0], -1))
+        for width in self.hidden:
+            x = nn.relu(self.norm(nn.Dense(width, use_bias=False)(x), train, mask))
+        x = nn.Dense(10, use_bias=self.method != "batchnorm")(x)
+        return self.norm(x, train, mask) if self.method == "batchnorm" else x
 
 
 def states(method, *, sync=True, lr=1e-3, takes_mask=False, axis_name=parallel.AXIS, tx=None):
@@ -280,9 +310,11 @@ import jax.numpy as jnp
 jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
                            process_id=pid)
 import numpy as np, optax
+import flax.linen as nn
 from jax.experimental import multihost_utils
+from lnjax import linen as lnn
 from lnjax import parallel, training
-from lnjax.experiments.pi_mnist import MLP
+{mlp}
 data = np.load(out + "/data.npz")
 model = MLP("batchnorm", hidden=(12, 12), unbiased=True, axis_name=parallel.AXIS)
 state = training.create_train_state(model, optax.sgd(0.1), data["xb"][0], seed=0,
@@ -315,7 +347,8 @@ def test_two_hosts_given_the_global_batches_equal_one_device(tmp_path):
         port = sock.getsockname()[1]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(os.path.dirname(lnjax.__file__)))
-    hosts = [subprocess.Popen([sys.executable, "-c", _HOST, str(i), str(port), str(tmp_path)],
+    script = _HOST.replace("{mlp}", inspect.getsource(MLP))  # the model compared with below
+    hosts = [subprocess.Popen([sys.executable, "-c", script, str(i), str(port), str(tmp_path)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lnjax import layer_norm
-from lnjax.experiments import transformer
+from lnjax.experiments import settings, transformer
 from tests.helpers import small_mnist
 
 N_TRAIN, N_VAL, N_TEST = 256, 48, 48  # 8 steps of 32: four equal scans an epoch, one
@@ -20,9 +20,9 @@ TINY = ["--layers", "1", "--width", "16", "--heads", "2", "--mlp-dim", "32"]
 
 
 @pytest.fixture
-def mnist_dir(tmp_path, monkeypatch):
+def mnist(tmp_path):
     """A small MNIST-format data set in tmp_path/data/mnist; validation = last 48 examples."""
-    return small_mnist(tmp_path, monkeypatch, N_TRAIN, N_VAL, N_TEST)
+    return small_mnist(tmp_path, N_TRAIN, N_VAL, N_TEST)
 
 
 def images(n, seed=0):
@@ -221,9 +221,9 @@ def read_results(out):
         return json.load(f)
 
 
-def test_end_to_end_and_resume(mnist_dir, tmp_path, capsys):
+def test_end_to_end_and_resume(mnist, tmp_path, capsys):
     out = tmp_path / "tx"
-    base = ["--dataset", "mnist", "--data-dir", str(mnist_dir), *TINY, "--batch-sizes", "32",
+    base = ["--dataset", "mnist", *mnist.flags, *TINY, "--batch-sizes", "32",
             "--lr", "3e-3", "--warmup-steps", "4", "--out", str(out), "--no-progress",
             "--train-examples", str(N_TRAIN), "--devices", "1"]
     first = transformer.main(base + ["--epochs", "2"])
@@ -245,6 +245,7 @@ def test_end_to_end_and_resume(mnist_dir, tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     assert summary.startswith("| method | batch size |")
     assert summary.rstrip().endswith(on_disk["verdict"][-1])
+    assert summary == transformer.summary(on_disk) and summary.strip() in printed
     # Resume: a third epoch continues from the checkpoint (the warm-up schedule too) and
     # equals a fresh three-epoch run.
     more = base + ["--epochs", "3", "--methods", "pre_ln_warmup"]
@@ -258,6 +259,12 @@ def test_end_to_end_and_resume(mnist_dir, tmp_path, capsys):
                                      "--warmup-steps", "8"])["runs"]
     assert other["post_ln"]["32"]["0"]["epoch"] == [1, 2]  # resumed: its checkpoint has 2
     assert other["post_ln_warmup"]["32"]["0"]["epoch"] == [1]  # another warm-up: a new run
+    # run with the keywords a notebook passes is the command line's run (its checkpoint).
+    splits, _ = mnist.load_splits(train_examples=N_TRAIN)
+    again = transformer.run("pre_ln_warmup", 32, splits, epochs=3, lr=3e-3, seed=0,
+                            out=str(out), resume=True, progress=False, layers=1, width=16,
+                            heads=2, mlp_dim=32, warmup_steps=4)
+    assert again["step_loss"] == fresh["step_loss"] and again["seconds"] == fresh["seconds"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -271,6 +278,13 @@ def test_bad_flags_are_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         transformer.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_run_refuses_settings_out_of_range_before_training():
+    with pytest.raises(settings.SettingsError, match="--heads \\(3\\) must divide --width"):
+        transformer.run("pre_ln", 32, {}, heads=3)
+    with pytest.raises(settings.SettingsError, match="--warmup-steps must be positive"):
+        transformer.run("pre_ln", 32, {}, transformer.TransformerSettings(), warmup_steps=0)
 
 
 def test_help_shows_the_defaults(capsys):

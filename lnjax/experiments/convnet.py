@@ -25,14 +25,15 @@ says, from the numbers, which of those claims held:
 Run this way, the command asks XLA for 8 CPU devices when the machine has no
 accelerator (``XLA_FLAGS=--xla_force_host_platform_device_count=8``, unless
 ``XLA_FLAGS`` already names a device count) and prints the devices each
-setting used. The defaults (``--train-examples 8000``, 3 epochs) fit a
-2-core CPU in 15 minutes; the full-size run trains on all 55,000 examples::
+setting used. The defaults (:class:`ConvNetSettings`: a few thousand training
+examples, a few epochs) are sized for a 2-core CPU; the full-size run trains on
+all 55,000 examples::
 
     python -m lnjax.experiments.convnet --train-examples 55000 --epochs 15 \\
         --out runs/convnet_full
 
-The network: three blocks of a 3x3 convolution (``--channels``, default
-32, 64, 128; stride 1, "same" padding), the normalization, ReLU, and a 2x2 max
+The network: three blocks of a 3x3 convolution (``--channels`` wide;
+stride 1, "same" padding), the normalization, ReLU, and a 2x2 max
 pool after the first two blocks (28 -> 14 -> 7 pixels); global average pooling
 and a dense softmax layer (not normalized). Methods: ``none``, ``batchnorm``
 (:class:`lnjax.linen.BatchNorm`), ``batchrenorm``
@@ -40,14 +41,15 @@ and a dense softmax layer (not normalized). Methods: ``none``, ``batchnorm``
 over each example's (height, width, channels), a gain and bias per channel),
 ``groupnorm`` (:class:`lnjax.linen.GroupNorm`, 8 groups at every width) and
 ``batchnorm_sync`` (only where the batch is split: on one device it would be
-``batchnorm`` itself, so that run is skipped and marked so).
+``batchnorm`` itself, so that run is skipped and marked so; with no batch split
+at all it is left out, and the command says so in one line: :func:`plan`).
 
 Choices the papers do not fix here: He-normal convolutions, a convolution
 bias only without normalization, LeCun-normal softmax layer; pixels in
-[0, 1] as stored; Adam (``--lr``, default 1e-3), no weight decay, no
-augmentation; batch norm and renorm keep running averages with momentum 0.9
-(``--momentum``; runs of a few hundred steps at batch 128 would leave 0.99's
-averages far from the statistics) and use the biased batch variance (each channel's
+[0, 1] as stored; Adam (``--lr``), no weight decay, no augmentation; batch
+norm and renorm keep running averages with ``--momentum`` (below the usual
+0.99: runs of a few hundred steps at batch 128 would leave 0.99's averages far
+from the statistics) and use the biased batch variance (each channel's
 statistics count at least 4 x 7 x 7 positions); batch renorm ramps its limits
 as Ioffe does, 100 times faster (``r_max`` from 1 to 3 over steps 50-400,
 ``d_max`` from 0 to 5 over steps 50-250, via :func:`lnjax.renorm_limits`,
@@ -58,15 +60,15 @@ standard errors of the test set's sampling noise is called "not clear".
 The convolutions compute ``jax.lax.conv_general_dilated`` forward, but their
 gradient as one matmul over the nine shifted copies of the input (im2col): on
 XLA:CPU the kernel gradient of a convolution inside a ``lax.scan`` (the
-library's training epoch) runs some 30-60 times slower than outside one
+library's training epoch) runs many times slower than outside one
 (jax-ml/jax#12868); the parameters are ``flax.linen.Conv``'s.
 
 Writes ``results.json`` (per method and batch size, per epoch: train NLL and
 error, validation and test NLL and error, wall time, the devices used; the
 data set; library versions), ``convnet.png`` and ``convnet.pdf`` (train NLL
 and test error against epochs, several points per epoch, one column per batch
-setting) and ``summary.md`` (the table,
-the full-size command and the verdicts), and prints them. Runs resume from
+setting) and ``summary.md`` (the table, the batch settings, the full-size command
+and the verdicts: :func:`summary`), and prints them. Runs resume from
 their checkpoints in ``OUT/checkpoints`` unless ``--no-resume``.
 
 References: Ba, Kiros & Hinton (2016), section 6 and the discussion of
@@ -76,11 +78,11 @@ Renormalization"; Hoffer, Hubara & Soudry (2017) for ghost batch norm.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Annotated, Any
 
 import flax.linen as nn
 import jax
@@ -90,7 +92,11 @@ from jax import lax
 
 import lnjax
 from lnjax import linen as lnn
-from lnjax.experiments import common, driver
+from lnjax import parallel
+from lnjax.experiments import driver, plots, tables
+from lnjax.experiments.results import first_seed, mean_history, seed_histories, seeds_of
+from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.settings import Flag, Settings, SettingsError, comma_list, document
 
 METHODS = ("none", "batchnorm", "batchrenorm", "layernorm", "groupnorm", "batchnorm_sync")
 LABELS = {"none": "no norm", "batchnorm": "BatchNorm", "batchrenorm": "BatchReNorm",
@@ -114,8 +120,19 @@ def _conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The same convolution as one matmul over the shifted copies of ``x``."""
+def conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`conv_same` as one matmul over the nine (``kh * kw``) shifted copies of ``x``:
+    the product of the patches ``(batch, height, width, kh * kw * in)`` and the kernel
+    reshaped to ``(kh * kw * in, out)``; its gradient is the backward pass of
+    :func:`conv_same`.
+
+    Args:
+      x: channels-last images ``(batch, height, width, in)``.
+      kernel: ``(kh, kw, in, out)`` (HWIO), odd ``kh`` and ``kw``.
+
+    Returns:
+      ``(batch, height, width, out)``, the stride-1 "same" convolution.
+    """
     kh, kw = kernel.shape[:2]
     h, w = x.shape[1:3]
     xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
@@ -139,7 +156,7 @@ def _conv_same_fwd(x, kernel):
 
 
 def _conv_same_bwd(residuals, g):
-    return jax.vjp(_conv_im2col, *residuals)[1](g)
+    return jax.vjp(conv_im2col, *residuals)[1](g)
 
 
 conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
@@ -236,6 +253,42 @@ class ConvNet(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=nn.initializers.lecun_normal())(x)
 
 
+# ------------------------------------------------------------------ the settings
+
+
+def _batch_list(text: str) -> list[int]:
+    return [] if text.strip().lower() == "none" else comma_list(int)(text)
+
+
+def _multiples_of_groups(channels: tuple[int, ...]) -> str | None:
+    if all(c >= 1 and c % GROUPS == 0 for c in channels):
+        return None
+    return f"must be positive multiples of {GROUPS} (group norm's groups)"
+
+
+def _momentum(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+@document("The settings of ``python -m lnjax.experiments.convnet`` (its flags).")
+@dataclasses.dataclass(frozen=True)
+class ConvNetSettings(Settings):
+    methods: Annotated[tuple[str, ...], Flag(choices=METHODS)] = METHODS
+    batch_sizes: tuple[int, ...] = (128, 4, 32)
+    epochs: int = 3
+    out: str = "runs/convnet"
+    train_examples: int | None = 8000
+    channels: Annotated[tuple[int, ...], Flag(
+        f"the conv blocks' widths (multiples of {GROUPS}, group norm's groups)",
+        parse=comma_list(int), check=_multiples_of_groups)] = CHANNELS
+    data_parallel: Annotated[tuple[int, ...], Flag(
+        "the batch sizes (of --batch-sizes) split over the --devices devices, 'none' for none; "
+        "the others train on one device", parse=_batch_list)] = (32,)
+    momentum: Annotated[float, Flag(
+        "batch norm's and renorm's running averages: new = momentum * old + (1 - momentum) * "
+        "batch", parse=float, check=_momentum)] = MOMENTUM
+
+
 # ------------------------------------------------------------------ one run
 
 
@@ -244,34 +297,38 @@ def skipped(history: Mapping[str, Any]) -> bool:
     return "skipped" in history
 
 
-def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
-        out: str, resume: bool = True, progress: bool = True, mesh: Any = None,
-        channels: Sequence[int] = CHANNELS, data_parallel: Sequence[int] = (32,),
-        momentum: float = MOMENTUM, eval_examples: int | None = common.EVAL_EXAMPLES,
-        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
+def run(method: str, batch_size: int, splits: dict, settings: ConvNetSettings | None = None,
+        *, seed: int | None = None, mesh: Any = None, **changes: Any) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`),
     with ``devices`` (how many devices split each batch).
 
-    A batch size in ``data_parallel`` is split over ``mesh``'s devices (with
-    per-device statistics, except for ``batchnorm_sync``); any other trains on
-    one device. ``batchnorm_sync`` on one device is ``batchnorm``: not run,
-    ``{"skipped": why}`` returned.
+    A batch size in ``settings.data_parallel`` is split over ``mesh``'s devices
+    (with per-device statistics, except for ``batchnorm_sync``); any other
+    trains on one device. ``batchnorm_sync`` on one device is ``batchnorm``:
+    not run, ``{"skipped": why, "devices": 1}`` returned.
+
+    Args:
+      method: one of :data:`METHODS`.
+      batch_size: the global batch size.
+      splits: ``{"train", "validation", "test"}``, each a :class:`lnjax.data.Dataset`.
+      settings: the run's settings (default: :class:`ConvNetSettings`'s defaults).
+      seed: the run's seed (default: ``settings.seed``).
+      mesh: the device mesh a data-parallel batch is split over.
+      **changes: settings to change, by field name (``epochs=2``, ``channels=(8, 8)``).
     """
-    n = mesh.devices.size if mesh is not None and batch_size in data_parallel else 1
+    s = dataclasses.replace(settings or ConvNetSettings(), **changes)
+    n = mesh.devices.size if mesh is not None and batch_size in s.data_parallel else 1
     if method == "batchnorm_sync" and n == 1:
         return {"skipped": "synchronized batch norm on one device is batchnorm", "devices": 1}
     axis = mesh.axis_names[0] if method == "batchnorm_sync" else None
-    model = ConvNet(method=method, channels=tuple(channels), axis_name=axis, momentum=momentum)
-    setting = {"channels": list(channels), "devices": n, "groups": GROUPS, "momentum": momentum,
-               "renorm_ramp": RENORM_RAMP}
+    model = ConvNet(method=method, channels=s.channels, axis_name=axis, momentum=s.momentum)
+    setting = {"channels": list(s.channels), "devices": n, "groups": GROUPS,
+               "momentum": s.momentum, "renorm_ramp": RENORM_RAMP}
     where = f"/{n} devices" if n > 1 else ""
-    history = common.fit_run(model, optax.adam(lr), splits, method=method,
-                             batch_size=batch_size, lr=lr, seed=seed, hidden=setting,
-                             epochs=epochs, out=out, resume=resume, progress=progress,
-                             mesh=mesh if n > 1 else None, takes_mask=True,
-                             desc=f"{LABELS[method]:>14} bs={batch_size}{where}",
-                             eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
-                             tensorboard=tensorboard)
+    one = Run(method, batch_size, s.seed if seed is None else seed, model_config=setting,
+              label=f"{LABELS[method]:>14} bs={batch_size}{where}")
+    history = fit_run(model, optax.adam(s.lr), splits, one, s, mesh=mesh if n > 1 else None,
+                      takes_mask=True)
     return {**history, "devices": n}
 
 
@@ -288,7 +345,7 @@ def _setting(batch_size: int | str, devices: int) -> str:
 def settings(results: Mapping[str, Any]) -> list[tuple[str, int]]:
     """The batch settings of a ``results.json``: ``(batch size, devices)``, one device first,
     largest batch first."""
-    found = {(bs, h.get("devices", 1)) for by in common.first_seed(results["runs"]).values()
+    found = {(bs, h.get("devices", 1)) for by in first_seed(results["runs"]).values()
              for bs, h in by.items() if not skipped(h)}
     return sorted(found, key=lambda s: (s[1], -int(s[0])))
 
@@ -302,32 +359,32 @@ def plot(results: dict, path: str) -> None:
     columns = settings(results)
     rows = (("train_curve_loss", "train_loss", "train NLL (nats)", 1),
             ("test_curve_error", "test_error", "test error (%)", 100))
-    fig, axes = common.figure(len(rows), max(len(columns), 1), width=4.0, height=2.9)
+    fig, axes = plots.figure(len(rows), max(len(columns), 1), width=4.0, height=2.9)
     subset = False
     for (key, fallback, ylabel, factor), row in zip(rows, axes):
         for (bs, _), ax in zip(columns, row):
             drawn: list[float] = []
             for method, by in results["runs"].items():
-                hs = list(common.seed_histories(by[bs]).values()) if by.get(bs) else []
+                hs = list(seed_histories(by[bs]).values()) if by.get(bs) else []
                 if not hs or skipped(hs[0]):
                     continue
                 per_epoch = hs[0]["steps"][0] / hs[0]["epoch"][0]
-                xs, ys, used = common.first_curve(hs, key, fallback, factor=factor)
+                xs, ys, used = plots.first_curve(hs, key, fallback, factor=factor)
                 subset = subset or (used == key and factor == 100)
-                drawn += common.band(ax, xs / per_epoch, ys,
+                drawn += plots.band(ax, xs / per_epoch, ys,
                                      color=COLORS.get(method), label=LABELS.get(method, method))
-            common.set_scale(ax, drawn)
+            plots.set_scale(ax, drawn)
             ax.set(xlabel="epochs", ylabel=ylabel)
             ax.grid(alpha=0.3, which="both")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for (bs, devices), ax in zip(columns, axes[0]):
         ax.set_title(_setting(bs, devices), fontsize=10)
-    common.legend_below(fig, axes, ncols=6)
+    plots.legend_below(fig, axes, ncols=6)
     channels = results.get("config", {}).get("channels", list(CHANNELS))
-    measured = common.eval_caption(results) if subset else "the test set after each epoch"
-    common.save_figure(fig, path, f"ConvNet ({'-'.join(map(str, channels))} channels) on "
+    measured = plots.eval_caption(results) if subset else "the test set after each epoch"
+    plots.save_figure(fig, path, f"ConvNet ({'-'.join(map(str, channels))} channels) on "
                        f"{results['dataset']['name']} (lnjax), Adam\n"
-                       f"{common.seeds_caption(results['runs'])}; test error on {measured}")
+                       f"{plots.seeds_caption(results['runs'])}; test error on {measured}")
 
 
 # ------------------------------------------------------------------ the verdicts
@@ -336,7 +393,7 @@ def plot(results: dict, path: str) -> None:
 def _test_error(results: Mapping[str, Any], method: str, bs: str) -> float | None:
     """The last-epoch test error of ``method`` at ``bs``, the mean over its seeds."""
     entry = results["runs"].get(method, {}).get(bs)
-    h = common.mean_history(list(common.seed_histories(entry).values())) if entry else None
+    h = mean_history(list(seed_histories(entry).values())) if entry else None
     if not h or skipped(h) or not h.get("test_error"):
         return None
     return h["test_error"][-1]
@@ -425,13 +482,13 @@ def verdicts(results: Mapping[str, Any]) -> list[str]:
 def summary(results: Mapping[str, Any]) -> str:
     """``summary.md``: the table of the runs made, what the batch settings were, the
     full-size command and the verdicts."""
-    first = common.first_seed(results["runs"])
+    first = first_seed(results["runs"])
     ran = {m: {bs: e for bs, e in by.items() if not skipped(first[m][bs])}
            for m, by in results["runs"].items()}
-    n = len(common.seeds_of(results["runs"]))
+    n = len(seeds_of(results["runs"]))
     seeds = "one seed" if n == 1 else f"the mean of {n} seeds; the table: mean ± standard " \
         "deviation"
-    table = common.summary_table({m: by for m, by in ran.items() if by}, columns=COLUMNS)
+    table = tables.summary_table({m: by for m, by in ran.items() if by}, columns=COLUMNS)
     names = ", ".join(_setting(bs, d) for bs, d in settings(results))
     lines = [table, "", f"Batch settings: {names}. Batch norm and renorm normalize over each "
              "device's examples, batchnorm_sync over the whole batch.",
@@ -444,76 +501,96 @@ def summary(results: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------ the command line
 
 
-COLUMNS = (("devices", "devices", "d"), *common.columns(("epochs", "epoch", "d")))
+COLUMNS = (("devices", "devices", "d"), *tables.columns(("epochs", "epoch", "d")))
+DESCRIPTION = ("ConvNets: batch norm against batch renorm, layer norm and group norm, at large "
+               "and small batches.")
 
 
-def _batch_list(text: str) -> list[int]:
-    return [] if text.strip().lower() == "none" else common.comma_list(int)(text)
+def plan(settings: ConvNetSettings) -> tuple[ConvNetSettings, list[str]]:
+    """What of ``settings`` can run on this machine, and a note on each part left out.
 
+    A batch size of ``data_parallel`` needs several devices (``settings.devices``,
+    else all of them) that divide it evenly; ``batchnorm_sync`` needs such a
+    split batch. What cannot run is left out with a note (the default methods
+    with ``--batch-sizes 128`` run all but ``batchnorm_sync``); when nothing
+    would be left, or a split batch does not divide evenly, that is an error.
 
-def _add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--channels", type=common.comma_list(int), default=list(CHANNELS),
-                   help=f"the conv blocks' widths (multiples of {GROUPS}, group norm's groups)")
-    p.add_argument("--data-parallel", type=_batch_list, default=[32],
-                   help="the batch sizes (of --batch-sizes) split over the --devices devices, "
-                        "'none' for none; the others train on one device")
-    p.add_argument("--momentum", type=float, default=MOMENTUM,
-                   help="batch norm's and renorm's running averages: new = momentum * old + "
-                        "(1 - momentum) * batch")
+    Raises:
+      SettingsError: nothing of a setting would run, or a split batch does not
+        divide evenly over the devices.
 
-
-def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not 0 <= args.momentum < 1:
-        p.error(f"--momentum must be in [0, 1), got {args.momentum}")
-    if any(c < 1 or c % GROUPS for c in args.channels):
-        p.error(f"--channels must be positive multiples of {GROUPS} (group norm's groups), "
-                f"got {args.channels}")
-    split = [bs for bs in args.batch_sizes if bs in args.data_parallel]
-    n = args.devices or jax.device_count()
+    Example:
+      >>> s, skipped = plan(ConvNetSettings(batch_sizes=(128,)))
+      >>> s.methods
+      ('none', 'batchnorm', 'batchrenorm', 'layernorm', 'groupnorm')
+      >>> len(skipped), skipped[0].split(":")[0]
+      (1, 'batchnorm_sync (it needs a batch split over devices')
+    """
+    s, skipped = settings, []
+    n = s.devices or jax.device_count()
+    split = [bs for bs in s.batch_sizes if bs in s.data_parallel]
     if split and n < 2:
-        p.error(f"--data-parallel {','.join(map(str, split))} needs several devices, found {n}: "
-                "on a CPU set XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax "
-                "starts (python -m lnjax.experiments.convnet does), or pass --data-parallel none")
+        kept = tuple(bs for bs in s.batch_sizes if bs not in split)
+        why = (f"--data-parallel {_shown(split)} needs several devices, found {n}: on a CPU set "
+               "XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax starts (python "
+               "-m lnjax.experiments.convnet does)")
+        if not kept:
+            raise SettingsError(f"{why}, or pass --data-parallel none")
+        skipped.append(f"batch size {_shown(split)} ({why})")
+        s, split = dataclasses.replace(s, batch_sizes=kept), []
     bad = [bs for bs in split if bs % n]
     if bad:
-        p.error(f"--data-parallel batch sizes must divide evenly over the {n} devices, got {bad}")
-    if "batchnorm_sync" in args.methods and not split:
-        p.error("--methods batchnorm_sync needs a batch split over devices: one of "
-                f"--batch-sizes {args.batch_sizes} in --data-parallel {args.data_parallel}")
+        raise SettingsError(f"--data-parallel batch sizes must divide evenly over the {n} "
+                            f"devices, got {bad}")
+    if "batchnorm_sync" in s.methods and not split:
+        why = (f"it needs a batch split over devices: none of --batch-sizes "
+               f"{_shown(s.batch_sizes)} is in --data-parallel {_shown(s.data_parallel)}")
+        rest = tuple(m for m in s.methods if m != "batchnorm_sync")
+        if not rest:
+            raise SettingsError(f"--methods batchnorm_sync: {why}")
+        skipped.append(f"batchnorm_sync ({why})")
+        s = dataclasses.replace(s, methods=rest)
+    return s, skipped
+
+
+def _shown(values: Sequence[int]) -> str:
+    return ",".join(map(str, values)) or "none"
 
 
 EXPERIMENT = driver.Experiment(
-    name="convnet", description=__doc__.split("\n\n")[0], title="ConvNet on",
-    methods=METHODS, run=run, plot=plot, figure="convnet.png", columns=COLUMNS,
-    batch_sizes=(128, 4, 32), epochs=3, lr=1e-3, out="runs/convnet", train_examples=8000,
-    add_flags=_add_flags, run_flags=("channels", "data_parallel", "momentum"), check=_check)
+    name="convnet", description=DESCRIPTION, title="ConvNet on", settings=ConvNetSettings,
+    run=run, plot=plot, figure="convnet.png", columns=COLUMNS, plan=plan, summary=summary)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``python -m lnjax.experiments.convnet [flags]``; returns what ``results.json`` holds.
+    """``python -m lnjax.experiments.convnet [flags]``; returns what ``results.json`` holds
+    (``summary.md``, also printed, holds the verdicts: :func:`summary`)."""
+    return driver.main(EXPERIMENT, argv)
 
-    After the driver's runs, ``summary.md`` is rewritten with the runs made, the
-    full-size command and the verdicts (:func:`summary`), which are also printed.
+
+def ask_for_host_devices(n: int, environ: MutableMapping[str, str] | None = None) -> None:
+    """Asks XLA for ``n`` CPU devices, unless ``XLA_FLAGS`` already names a count: adds
+    ``--xla_force_host_platform_device_count=n`` to ``environ["XLA_FLAGS"]``.
+
+    The command line calls it before jax starts its backends (importing jax does not
+    start them); later it has no effect.
+
+    Args:
+      n: the number of CPU devices.
+      environ: the environment to change (default: ``os.environ``).
+
+    Example:
+      >>> env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+      >>> ask_for_host_devices(8, env)
+      >>> env["XLA_FLAGS"]
+      '--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8'
     """
-    results = driver.main(EXPERIMENT, argv)
-    out = results["config"]["out"]
-    for bs, d in settings(results):
-        print(f"{_setting(bs, d)}: {d} device{'s' if d > 1 else ''}")
-    text = summary(results)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(text)
-    print("\n" + text.split("\n\n", 1)[1])
-    return results
-
-
-def _ask_for_host_devices(n: int) -> None:
-    """Asks XLA for ``n`` CPU devices, unless ``XLA_FLAGS`` already names a count (before jax
-    starts its backends; importing jax does not)."""
-    flags = os.environ.get("XLA_FLAGS", "")
+    env = os.environ if environ is None else environ
+    flags = env.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+        env["XLA_FLAGS"] = parallel.host_device_flags(n, flags)
 
 
 if __name__ == "__main__":
-    _ask_for_host_devices(DEVICES)
+    ask_for_host_devices(DEVICES)
     main()

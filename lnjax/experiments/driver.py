@@ -1,34 +1,49 @@
 """The command line every training experiment shares, written once.
 
-An experiment describes itself with an :class:`Experiment` (its methods, its
-``run`` function, its defaults and extra flags, its table columns, its plot
-and its figure's file name); :func:`main` does the rest, the same way for
-each: parse and check the flags, build the device mesh, load the data, train
-every (batch size, method, seed) with resume from checkpoints, rewrite
+An experiment describes itself with an :class:`Experiment`: its settings class
+(a :class:`~lnjax.experiments.settings.Settings` subclass: its flags and their
+defaults), its ``run`` function, its figure and the hooks that fill what only
+it knows (which runs apply, the text of ``summary.md``, what it adds to
+``results.json``). :func:`main` does the rest, the same way for each: build the
+settings from the flags once, check them, build the device mesh, load the data,
+train every (batch size, method, seed) with resume from checkpoints, rewrite
 ``results.json`` after each run, draw the figure (PNG and PDF), write
-``summary.md`` and print the table.
+``summary.md`` and print it.
 
 ``results.json`` keeps every seed's history, ``runs[method][batch size][seed]``
-(read older files, one history per (method, batch size), with
-:func:`common.seed_histories`).
+(see :mod:`lnjax.experiments.results`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
 
 import jax
 
 from lnjax import data
 from lnjax._optional import MissingExtraError, require
-from lnjax.experiments import common
+from lnjax.experiments import plots, tables
+from lnjax.experiments import results as results_format
+from lnjax.experiments import settings as flags
+from lnjax.experiments.settings import Settings, SettingsError
 
-DATASETS = ("auto", *data.NAMES)
+__all__ = ["Experiment", "Timer", "check_devices", "load_splits", "main", "mesh"]
+
+DATASETS = flags.DATASETS  # kept here for callers of the driver's earlier name
+
+
+def _all_apply(settings: Settings) -> tuple[Settings, list[str]]:
+    return settings, []
+
+
+def _nothing(results: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,105 +53,59 @@ class Experiment:
     Attributes:
       name: the name written to ``results.json`` (``"experiment"``).
       description: the ``--help`` description.
-      title: the table's heading, followed by the data set's name.
-      methods: the ``--methods`` that exist (and the default: all of them).
-      run: ``run(method, batch_size, splits, *, epochs, lr, seed, out, resume,
-        progress, mesh, eval_examples, evals_per_epoch, tensorboard, **extra) ->
-        history``, one training run (the curves' settings and TensorBoard go to
-        :func:`common.fit_run`).
+      title: the printed summary's heading, followed by the data set's name.
+      settings: its :class:`~lnjax.experiments.settings.Settings` subclass: the
+        flags, their defaults and checks (``methods``' choices are the methods
+        that exist).
+      run: ``run(method, batch_size, splits, settings, *, seed, mesh) ->
+        history``, one training run.
       plot: ``plot(results, path)``, the figure of a ``results.json`` (written as
         ``path`` and a PDF of the same stem).
-      figure: the figure's file name in ``--out``.
+      figure: the figure's file name in ``settings.out``.
       columns: the summary table's ``(header, history key, format)`` columns
-        (see :func:`common.summary_table`).
-      batch_sizes: the default of ``--batch-sizes``.
-      epochs: the default of ``--epochs``.
-      lr: the default of ``--lr``.
-      out: the default of ``--out``.
-      train_examples: the default of ``--train-examples`` (``None``: all).
-      add_flags: adds the experiment's own flags to the parser.
-      run_flags: the destinations of those flags that ``run`` takes as keywords.
-      check: ``check(parser, args)`` rejects bad values of the experiment's own
-        flags (with ``parser.error``).
+        (see :func:`~lnjax.experiments.tables.summary_table`).
+      plan: ``plan(settings) -> (settings, skipped)``: the settings with what
+        cannot run left out, and a note on each part left out (printed on one
+        line, kept in ``results.json``'s ``"skipped"``); raises
+        :class:`~lnjax.experiments.settings.SettingsError` when nothing would
+        run or a value does not fit the machine. Default: everything applies.
+      summary: ``summary(results) -> text`` of ``summary.md`` (also printed);
+        ``None``: the table and the seeds' note
+        (:func:`~lnjax.experiments.tables.summary`).
+      conclude: ``conclude(results) -> entries`` added to ``results.json`` after
+        the runs (e.g. a verdict computed from them). Default: none.
     """
 
     name: str
     description: str
     title: str
-    methods: tuple[str, ...]
+    settings: type[Settings]
     run: Callable[..., dict]
-    plot: Callable[[dict, str], None]
+    plot: Callable[[dict, str], Any]
     figure: str
     columns: tuple[tuple[str, str, str], ...]
-    batch_sizes: tuple[int, ...]
-    epochs: int
-    lr: float
-    out: str
-    train_examples: int | None = None
-    add_flags: Callable[[argparse.ArgumentParser], None] = lambda p: None
-    run_flags: tuple[str, ...] = ()
-    check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] = lambda p, a: None
+    plan: Callable[[Any], tuple[Any, list[str]]] = _all_apply
+    summary: Callable[[dict], str] | None = None
+    conclude: Callable[[dict], Mapping[str, Any]] = _nothing
 
 
-def parser(description: str, *, methods: Sequence[str], default_methods: Sequence[str],
-           batch_sizes: Sequence[int], epochs: int, lr: float, out: str,
-           train_examples: int | None = None) -> argparse.ArgumentParser:
-    """The flags every experiment takes."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="auto", choices=DATASETS,
-                   help="data set; 'auto' takes the first of mnist, fashion_mnist found")
-    p.add_argument("--data-dir", default=None,
-                   help="a folder of MNIST-format IDX files or a TFDS data_dir")
-    p.add_argument("--methods", type=common.comma_list(str), default=list(default_methods),
-                   help=f"comma-separated, from {','.join(methods)}")
-    p.add_argument("--batch-sizes", type=common.comma_list(int), default=list(batch_sizes),
-                   help="comma-separated batch sizes")
-    p.add_argument("--epochs", type=int, default=epochs, help="epochs per run")
-    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batch order")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="run each setting with N seeds: --seed, --seed + 1, ...; the table "
-                        "shows mean ± standard deviation, the figures the mean and min-max")
-    p.add_argument("--eval-examples", type=int, default=common.EVAL_EXAMPLES,
-                   help="the curves' fixed subset of the validation and test splits (the "
-                        "table's numbers are on the whole splits)")
-    p.add_argument("--evals-per-epoch", type=int, default=common.EVALS_PER_EPOCH,
-                   help="evaluations of the curves' subsets per epoch")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="write TensorBoard event files to OUT/tensorboard/<run> (needs "
-                        "tensorboardX: pip install \"lnjax[tensorboard]\")")
-    p.add_argument("--train-examples", type=int, default=train_examples,
-                   help="train on the first N of the 55,000 training examples (None: all)")
-    p.add_argument("--out", default=out, help="folder for results.json, the figure, checkpoints")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start every run afresh instead of resuming from its checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--devices", type=int, default=None,
-                   help="train data-parallel over the first N devices (default: all)")
-    return p
+class Timer:
+    """Wall time since construction, in seconds."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0
 
 
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, *,
-               methods: Sequence[str]) -> None:
-    """Rejects values argparse cannot check by itself (``methods``: the ones that exist)."""
-    bad = [m for m in args.methods if m not in methods]
-    if bad:
-        p.error(f"--methods: unknown {bad}; choose from {list(methods)}")
-    if any(b < 1 for b in args.batch_sizes):
-        p.error(f"--batch-sizes must be positive, got {args.batch_sizes}")
-    if args.epochs < 1:
-        p.error(f"--epochs must be at least 1, got {args.epochs}")
-    if not args.lr > 0:
-        p.error(f"--lr must be positive, got {args.lr}")
-    for flag in ("seeds", "eval_examples", "evals_per_epoch"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.train_examples is not None and args.train_examples < 1:
-        p.error(f"--train-examples must be positive, got {args.train_examples}")
-    if args.devices is not None and not 1 <= args.devices <= jax.device_count():
-        p.error(f"--devices must be between 1 and {jax.device_count()} (the devices "
-                f"available), got {args.devices}")
+def check_devices(settings: Settings, available: int | None = None) -> None:
+    """Raises :class:`~lnjax.experiments.settings.SettingsError` when ``settings.devices``
+    is more than the ``available`` devices (``None``: ``jax.device_count()``)."""
+    n = jax.device_count() if available is None else available
+    if settings.devices is not None and not 1 <= settings.devices <= n:
+        raise SettingsError(f"--devices must be between 1 and {n} (the devices available), "
+                            f"got {settings.devices}")
 
 
 def mesh(devices: int | None) -> jax.sharding.Mesh:
@@ -150,67 +119,119 @@ def mesh(devices: int | None) -> jax.sharding.Mesh:
     return m
 
 
-def load_splits(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`lnjax.data.load_splits` of the flags; prints each split, its source and what the
-    files are (``info["identity"]``: verified by checksum, or unknown)."""
-    splits, info = data.load_splits(args.dataset, data_dir=args.data_dir,
-                                    train_examples=args.train_examples)
+def load_splits(settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`lnjax.data.load_splits` of ``settings``' ``dataset``, ``data_dir``,
+    ``train_examples`` and ``validation_size`` (when it has one); prints each split, its
+    source and what the files are (``info["identity"]``: verified by checksum, or unknown)."""
+    size = getattr(settings, "validation_size", data.VALIDATION_SIZE)
+    splits, info = data.load_splits(settings.dataset, data_dir=settings.data_dir,
+                                    train_examples=settings.train_examples,
+                                    validation_size=size)
     for ds in splits.values():
         print("Data:", data.describe(ds))
     print("Data set:", info["identity"])
     return splits, info
 
 
-def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
-    """Runs ``experiment`` from its command line ``argv``; returns what ``results.json`` holds."""
-    e = experiment
-    p = parser(e.description, methods=e.methods, default_methods=e.methods,
-               batch_sizes=e.batch_sizes, epochs=e.epochs, lr=e.lr, out=e.out,
-               train_examples=e.train_examples)
-    e.add_flags(p)
+def _settings(e: Experiment, argv: list[str] | None) -> tuple[Settings, list[str]]:
+    """The settings of the command line, checked and planned; a bad value exits with the
+    parser's usage and one line."""
+    p = flags.parser(e.settings, e.description)
     args = p.parse_args(argv)
-    check_args(p, args, methods=e.methods)
-    e.check(p, args)
+    try:
+        settings = flags.from_args(e.settings, args)
+        check_devices(settings)
+        settings, skipped = e.plan(settings)
+    except SettingsError as err:
+        p.error(str(err))
     try:  # the figure is drawn after training: a missing matplotlib stops the run before it
-        common.pyplot()
-        if args.tensorboard:
+        plots.pyplot()
+        if settings.tensorboard:
             require("tensorboardX", "--tensorboard")
     except MissingExtraError as err:
         p.exit(1, f"{p.prog}: {err}\n")
-    timer = common.Timer()
-    devices = mesh(args.devices)
-    splits, data_info = load_splits(args)
-    results: dict[str, Any]
-    results = {"experiment": e.name, "dataset": data_info,
-               "config": {k: v for k, v in vars(args).items() if k not in ("no_progress",)},
-               "versions": common.versions(), "command": " ".join(sys.argv), "runs": {}}
-    os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, "results.json")
-    extra = {k: getattr(args, k) for k in e.run_flags}
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    for bs in args.batch_sizes:
-        for method in args.methods:
-            for seed in seeds:
-                h = e.run(method, bs, splits, epochs=args.epochs, lr=args.lr, seed=seed,
-                          out=args.out, resume=not args.no_resume,
-                          progress=not args.no_progress, mesh=devices,
-                          eval_examples=args.eval_examples,
-                          evals_per_epoch=args.evals_per_epoch, tensorboard=args.tensorboard,
-                          **extra)
+    return settings, skipped
+
+
+def main(experiment: Experiment, argv: list[str] | None = None) -> dict:
+    """Runs ``experiment`` from its command line ``argv``; returns what ``results.json`` holds."""
+    e = experiment
+    settings, skipped = _settings(e, argv)
+    timer = Timer()
+    if skipped:
+        print("Skipped: " + "; ".join(skipped) + ".")
+    devices = mesh(settings.devices)
+    splits, data_info = load_splits(settings)
+    results: dict[str, Any] = {
+        "experiment": e.name, "dataset": data_info, "config": settings.record(),
+        "versions": results_format.versions(), "command": " ".join(sys.argv), "runs": {}}
+    if skipped:
+        results["skipped"] = skipped
+    os.makedirs(settings.out, exist_ok=True)
+    json_path = os.path.join(settings.out, "results.json")
+    for bs in settings.batch_sizes:
+        for method in settings.methods:
+            for seed in range(settings.seed, settings.seed + settings.seeds):
+                h = e.run(method, bs, splits, settings, seed=seed, mesh=devices)
                 results["runs"].setdefault(method, {}).setdefault(str(bs), {})[str(seed)] = h
                 results["wall_seconds"] = timer()
-                common.write_json(json_path, results)
-    fig_path = os.path.join(args.out, e.figure)
+                results_format.write_json(json_path, results)
+    fig_path = os.path.join(settings.out, e.figure)
     e.plot(results, fig_path)
-    table = common.summary_table(results["runs"], columns=e.columns)
-    if len(seeds) > 1:
-        table += (f"\n\nEach cell: mean ± standard deviation over {len(seeds)} seeds "
-                  f"({', '.join(map(str, seeds))}).")
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(table + "\n")
+    results.update(e.conclude(results))
+    results_format.write_json(json_path, results)
+    text = e.summary(results) if e.summary else tables.summary(results, e.columns)
+    if skipped:
+        text += "\nSkipped: " + "; ".join(skipped) + ".\n"
+    with open(os.path.join(settings.out, "summary.md"), "w") as f:
+        f.write(text)
     print(f"\n{e.title} {data_info['name']} ({data_info['identity']}; {data_info['source']}), "
-          f"{args.epochs} epochs, {data_info['sizes']['train']} training examples:\n")
-    print(table)
+          f"{settings.epochs} epochs, {data_info['sizes']['train']} training examples:\n")
+    print(text.rstrip("\n"))
     pdf = os.path.splitext(fig_path)[0] + ".pdf"
     print(f"\nWrote {json_path}, {fig_path}, {pdf}; {timer():.0f} s in all.")
     return results
+
+
+def _parser(description: str, *, methods: Any, default_methods: Any, batch_sizes: Any,
+            epochs: int, lr: float, out: str, train_examples: int | None = None) -> Any:
+    """The flags of a :class:`~lnjax.experiments.settings.Settings` subclass with these
+    defaults; the namespace holds every setting (the flags given, the defaults)."""
+    fields = [("methods", Annotated[tuple, flags.Flag(choices=tuple(methods))],
+               dataclasses.field(default=tuple(default_methods))),
+              ("batch_sizes", tuple, dataclasses.field(default=tuple(batch_sizes))),
+              ("epochs", int, dataclasses.field(default=epochs)),
+              ("lr", float, dataclasses.field(default=lr)),
+              ("out", str, dataclasses.field(default=out)),
+              ("train_examples", Any, dataclasses.field(default=train_examples))]
+    cls = dataclasses.make_dataclass("ExperimentSettings", fields, bases=(Settings,),
+                                     frozen=True)
+    p = flags.parser(cls, description)
+    p.set_defaults(**{f.name: f.default for f in dataclasses.fields(cls)})
+    return p
+
+
+def _check_args(p: Any, args: Any, *, methods: Any) -> None:
+    """Exits through ``p.error`` when the parsed ``args`` are not valid settings."""
+    try:
+        check_devices(Settings(**{**vars(args), "methods": ()}))
+        bad = [m for m in args.methods if m not in methods]
+        if bad:
+            raise SettingsError(f"--methods: unknown {bad}; choose from {list(methods)}")
+    except SettingsError as err:
+        p.error(str(err))
+
+
+_DEPRECATED = {"parser": (_parser, "lnjax.experiments.settings.parser(a Settings subclass)"),
+               "check_args": (_check_args, "lnjax.experiments.settings.from_args")}
+
+
+def __getattr__(name: str) -> Any:
+    # The flags are generated from the settings classes now: the old builders keep
+    # working for one release.
+    if name in _DEPRECATED:
+        fn, new = _DEPRECATED[name]
+        warnings.warn(f"lnjax.experiments.driver.{name} is deprecated: use {new}; the old "
+                      "name goes in the next release.", DeprecationWarning, stacklevel=2)
+        return fn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -110,10 +110,15 @@ def format_table(table: dict[str, dict[str, float]], *, threshold: float = 1e-4)
     return "\n".join(lines)
 
 
+DESCRIPTION = ("Table 1 of the paper, computed: what leaves the normalized summed inputs "
+               "unchanged.")
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m lnjax.experiments.invariance [--seed N]``: prints Table 1, measured."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, data and transformation constants")
     args = parser.parse_args(argv)
     print("Table 1 of Ba, Kiros & Hinton (2016), measured with lnjax "
           f"(jax {jax.__version__}, {jax.devices()[0].platform}); "

@@ -11,11 +11,11 @@ norm, whose statistics come from four cases, does not::
 
 Choices the paper does not state (flags where they matter): ReLU units, He
 normal initialization of the hidden layers and LeCun normal of the output
-layer, Adam with learning rate ``--lr`` (default 1e-3) and optax's other
-defaults, no weight decay, no data augmentation; the normalized layers have no
-dense bias (the normalization's bias takes its place). The training NLL
-plotted is the mean over each epoch's steps (in training mode); validation and
-test errors use batch norm's running averages (momentum 0.99).
+layer, Adam with learning rate ``--lr`` and optax's other defaults, no weight
+decay, no data augmentation; the normalized layers have no dense bias (the
+normalization's bias takes its place). The training NLL plotted is the mean
+over each epoch's steps (in training mode); validation and test errors use
+batch norm's running averages (momentum 0.99).
 
 Writes ``results.json`` (per method and batch size, per epoch: train NLL and
 error, validation and test NLL and error, wall time; the data set and its
@@ -29,16 +29,19 @@ Reference: Ba, Kiros & Hinton (2016), section 6.7, Figure 6.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
 from lnjax import linen as lnn
-from lnjax.experiments import common, driver
+from lnjax.experiments import driver, plots, tables
+from lnjax.experiments.results import batch_sizes, seed_histories
+from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.settings import Flag, Settings, comma_list, document, positive
 
 METHODS = ("baseline", "batchnorm", "layernorm")
 LABELS = {"baseline": "Baseline", "batchnorm": "BatchNorm", "layernorm": "LayerNorm"}
@@ -99,27 +102,46 @@ class MLP(nn.Module):
             if self.method == "batchnorm" else x
 
 
-def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
-        out: str, resume: bool = True, progress: bool = True,
-        hidden: Sequence[int] = (1000, 1000), mesh: Any = None,
-        per_device_bn: bool = False, eval_examples: int | None = common.EVAL_EXAMPLES,
-        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
+@document("The settings of ``python -m lnjax.experiments.pi_mnist`` (its flags).")
+@dataclasses.dataclass(frozen=True)
+class PiMnistSettings(Settings):
+    methods: Annotated[tuple[str, ...], Flag(choices=METHODS)] = METHODS
+    batch_sizes: tuple[int, ...] = (128, 4)
+    epochs: int = 5
+    out: str = "runs/pi_mnist"
+    hidden: Annotated[tuple[int, ...], Flag("hidden layer widths (the paper: 1000,1000)",
+                                            parse=comma_list(int), check=positive)
+                      ] = (1000, 1000)
+    per_device_bn: Annotated[bool, Flag("with several devices, batch norm over each device's "
+                                        "examples only (default: statistics synchronized over "
+                                        "all devices)")] = False
+
+
+def run(method: str, batch_size: int, splits: dict, settings: PiMnistSettings | None = None, *,
+        seed: int | None = None, mesh: Any = None, **changes: Any) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`).
 
-    With a ``mesh`` of several devices the run is data-parallel and batch norm's
-    statistics are synchronized over it, unless ``per_device_bn``.
+    Args:
+      method: one of :data:`METHODS`.
+      batch_size: examples per step; at 16 or fewer batch norm uses the unbiased
+        variance.
+      splits: ``{"train", "validation", "test"}``, each a :class:`lnjax.data.Dataset`.
+      settings: the run's settings (default: :class:`PiMnistSettings`'s defaults).
+      seed: the run's seed (default: ``settings.seed``).
+      mesh: a device mesh; with several devices the run is data-parallel and
+        batch norm's statistics are synchronized over it, unless
+        ``settings.per_device_bn``.
+      **changes: settings to change, by field name (``epochs=2``, ``hidden=(32, 32)``).
     """
     from lnjax import parallel
 
-    sync = mesh is not None and mesh.devices.size > 1 and not per_device_bn
-    model = MLP(method=method, hidden=tuple(hidden), unbiased=batch_size <= 16,
+    s = dataclasses.replace(settings or PiMnistSettings(), **changes)
+    sync = mesh is not None and mesh.devices.size > 1 and not s.per_device_bn
+    model = MLP(method=method, hidden=s.hidden, unbiased=batch_size <= 16,
                 axis_name=parallel.AXIS if sync else None)
-    return common.fit_run(model, optax.adam(lr), splits, method=method, batch_size=batch_size,
-                          lr=lr, seed=seed, hidden=list(hidden), epochs=epochs, out=out,
-                          resume=resume, progress=progress, mesh=mesh, takes_mask=True,
-                          desc=f"{LABELS[method]:>9} bs={batch_size:<3}",
-                          eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
-                          tensorboard=tensorboard)
+    one = Run(method, batch_size, s.seed if seed is None else seed,
+              model_config=list(s.hidden), label=f"{LABELS[method]:>9} bs={batch_size:<3}")
+    return fit_run(model, optax.adam(s.lr), splits, one, s, mesh=mesh, takes_mask=True)
 
 
 def plot(results: dict, path: str) -> None:
@@ -133,8 +155,8 @@ def plot(results: dict, path: str) -> None:
     """
     from matplotlib.ticker import MaxNLocator
 
-    runs, sizes = results["runs"], common.batch_sizes(results)
-    fig, axes = common.figure(2, len(sizes), width=4.2, height=2.9)
+    runs, sizes = results["runs"], batch_sizes(results)
+    fig, axes = plots.figure(2, len(sizes), width=4.2, height=2.9)
     subset = False
     for col, bs in enumerate(sizes):
         top, bottom = axes[0, col], axes[1, col]
@@ -142,46 +164,36 @@ def plot(results: dict, path: str) -> None:
         for method, by in runs.items():
             if not by.get(str(bs)):
                 continue
-            hs = list(common.seed_histories(by[str(bs)]).values())
+            hs = list(seed_histories(by[str(bs)]).values())
             per_epoch = hs[0]["steps"][0] / hs[0]["epoch"][0]
             kw = {"color": COLORS.get(method), "label": LABELS.get(method, method)}
-            lx, loss, _ = common.first_curve(hs, "train_curve_loss", "train_loss")
-            ex, err, from_subset = common.error_curve(hs)
+            lx, loss, _ = plots.first_curve(hs, "train_curve_loss", "train_loss")
+            ex, err, from_subset = plots.error_curve(hs)
             subset = subset or from_subset
-            drawn["top"] += common.band(top, lx / per_epoch, loss, **kw)
-            drawn["bottom"] += common.band(bottom, ex / per_epoch, err, **kw)
-        common.set_scale(top, drawn["top"])
-        common.set_scale(bottom, drawn["bottom"])
+            drawn["top"] += plots.band(top, lx / per_epoch, loss, **kw)
+            drawn["bottom"] += plots.band(bottom, ex / per_epoch, err, **kw)
+        plots.set_scale(top, drawn["top"])
+        plots.set_scale(bottom, drawn["bottom"])
         top.set(title=f"batch size {bs}", ylabel="train NLL (nats)")
         bottom.set(xlabel="epochs", ylabel="test error (%)")
         for ax in (top, bottom):
             ax.grid(alpha=0.3, which="both")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    common.legend_below(fig, axes)
+    plots.legend_below(fig, axes)
     hidden = results.get("config", {}).get("hidden", [1000, 1000])
     widths = "-".join(str(w) for w in [784, *hidden, 10])
-    measured = common.eval_caption(results) if subset else "the test set after each epoch"
-    common.save_figure(fig, path, f"Permutation-invariant {results['dataset']['name']} "
-                       f"(lnjax), {widths}, Adam\n{common.seeds_caption(runs)}; test error on "
+    measured = plots.eval_caption(results) if subset else "the test set after each epoch"
+    plots.save_figure(fig, path, f"Permutation-invariant {results['dataset']['name']} "
+                       f"(lnjax), {widths}, Adam\n{plots.seeds_caption(runs)}; test error on "
                        f"{measured}")
 
 
-COLUMNS = common.columns(("epochs", "epoch", "d"))
-
-
-def _add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hidden", type=common.comma_list(int), default=[1000, 1000],
-                   help="hidden layer widths (the paper: 1000,1000)")
-    p.add_argument("--per-device-bn", action="store_true",
-                   help="with several devices, batch norm over each device's examples only "
-                        "(default: statistics synchronized over all devices)")
-
+COLUMNS = tables.columns(("epochs", "epoch", "d"))
+DESCRIPTION = "Permutation-invariant MNIST: layer norm against batch norm at batch sizes 128 and 4."
 
 EXPERIMENT = driver.Experiment(
-    name="pi_mnist", description=__doc__.split("\n\n")[0], title="Permutation-invariant",
-    methods=METHODS, run=run, plot=plot, figure="figure6.png", columns=COLUMNS,
-    batch_sizes=(128, 4), epochs=5, lr=1e-3, out="runs/pi_mnist",
-    add_flags=_add_flags, run_flags=("hidden", "per_device_bn"))
+    name="pi_mnist", description=DESCRIPTION, title="Permutation-invariant",
+    settings=PiMnistSettings, run=run, plot=plot, figure="figure6.png", columns=COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -10,7 +10,7 @@ isolates layer norm::
     python -m lnjax.experiments.seq_mnist --epochs 2 --out runs/seq_mnist
 
 Choices not fixed by the paper: pixels standardized by the training set's
-mean and std (see :func:`standardize`), Adam (``--lr``, default 1e-3), gradient
+mean and std (see :func:`standardize`), Adam (``--lr``), gradient
 clipping at global norm 1, LeCun-normal input and orthogonal recurrent
 weights, zero biases, the LN gains at 1 (Eqs. 20-22 for the LSTM, 26-28 for
 the GRU). Writes ``results.json``, ``curves.png`` and ``curves.pdf`` (training loss and
@@ -22,15 +22,18 @@ Reference: Ba, Kiros & Hinton (2016), sections 3.1 and 6 (Eqs. 20-22).
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+import dataclasses
+from typing import Annotated, Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
 from lnjax import linen as lnn
-from lnjax.experiments import common, driver
+from lnjax.experiments import driver, plots, tables
+from lnjax.experiments.results import batch_sizes, seed_histories
+from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.settings import Flag, Settings, document, positive
 
 METHODS = ("lstm", "ln_lstm", "gru", "ln_gru")
 LABELS = {"lstm": "LSTM", "ln_lstm": "LN-LSTM", "gru": "GRU", "ln_gru": "LN-GRU"}
@@ -74,21 +77,37 @@ def standardize(ds, train):
     return ds._replace(images=(ds.images - mean) / std)
 
 
-def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
-        out: str, hidden: int = 128, resume: bool = True, progress: bool = True,
-        mesh: Any = None, eval_examples: int | None = common.EVAL_EXAMPLES,
-        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
-    """Trains one (method, batch size) and returns its history (see :func:`training.fit`)."""
-    model = RowClassifier(method=method, hidden=hidden)
+@document("The settings of ``python -m lnjax.experiments.seq_mnist`` (its flags).")
+@dataclasses.dataclass(frozen=True)
+class SeqMnistSettings(Settings):
+    methods: Annotated[tuple[str, ...], Flag(choices=METHODS)] = METHODS
+    epochs: int = 2
+    out: str = "runs/seq_mnist"
+    hidden: Annotated[int, Flag("recurrent units", parse=int, check=positive)] = 128
+
+
+def run(method: str, batch_size: int, splits: dict, settings: SeqMnistSettings | None = None, *,
+        seed: int | None = None, mesh: Any = None, **changes: Any) -> dict:
+    """Trains one (method, batch size) and returns its history (see :func:`training.fit`).
+
+    Args:
+      method: one of :data:`METHODS`.
+      batch_size: examples per step.
+      splits: ``{"train", "validation", "test"}``, each a :class:`lnjax.data.Dataset`,
+        as loaded (the pixels are standardized here: :func:`standardize`).
+      settings: the run's settings (default: :class:`SeqMnistSettings`'s defaults).
+      seed: the run's seed (default: ``settings.seed``).
+      mesh: a device mesh (several devices: data-parallel).
+      **changes: settings to change, by field name (``epochs=2``, ``hidden=64``).
+    """
+    s = dataclasses.replace(settings or SeqMnistSettings(), **changes)
+    model = RowClassifier(method=method, hidden=s.hidden)
     splits = {k: standardize(splits[k], splits["train"])
               for k in ("train", "validation", "test")}
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-    return common.fit_run(model, tx, splits, method=method, batch_size=batch_size, lr=lr,
-                          seed=seed, hidden=hidden, epochs=epochs, out=out, resume=resume,
-                          progress=progress, mesh=mesh,
-                          desc=f"{LABELS[method]:>7} bs={batch_size:<3}",
-                          eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
-                          tensorboard=tensorboard)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(s.lr))
+    one = Run(method, batch_size, s.seed if seed is None else seed, model_config=s.hidden,
+              label=f"{LABELS[method]:>7} bs={batch_size:<3}")
+    return fit_run(model, tx, splits, one, s, mesh=mesh)
 
 
 def plot(results: dict, path: str) -> None:
@@ -99,8 +118,8 @@ def plot(results: dict, path: str) -> None:
     fixed test subset), or ``test_error`` (each epoch) for a history without it.
     Written as ``path`` (PNG) and a PDF of the same stem.
     """
-    runs, sizes = results["runs"], common.batch_sizes(results)
-    fig, axes = common.figure(1, 2 * len(sizes), width=4.6, height=3.4)
+    runs, sizes = results["runs"], batch_sizes(results)
+    fig, axes = plots.figure(1, 2 * len(sizes), width=4.6, height=3.4)
     subset = False
     for col, bs in enumerate(sizes):
         left, right = axes[0, 2 * col], axes[0, 2 * col + 1]
@@ -108,45 +127,35 @@ def plot(results: dict, path: str) -> None:
         for method, by in runs.items():
             if not by.get(str(bs)):
                 continue
-            hs = list(common.seed_histories(by[str(bs)]).values())
+            hs = list(seed_histories(by[str(bs)]).values())
             color, style = STYLES.get(method, (None, "-"))
             kw = {"color": color, "linestyle": style, "label": LABELS.get(method, method)}
-            x, err, from_subset = common.error_curve(hs)
+            x, err, from_subset = plots.error_curve(hs)
             subset = subset or from_subset
-            steps, loss = common.smoothed_step_loss(hs)
-            drawn["left"] += common.band(left, steps, loss, **kw)
-            drawn["right"] += common.band(right, x, err, marker="o", markersize=2.5, **kw)
-        common.set_scale(left, drawn["left"])
-        common.set_scale(right, drawn["right"])
+            steps, loss = plots.smoothed_step_loss(hs)
+            drawn["left"] += plots.band(left, steps, loss, **kw)
+            drawn["right"] += plots.band(right, x, err, marker="o", markersize=2.5, **kw)
+        plots.set_scale(left, drawn["left"])
+        plots.set_scale(right, drawn["right"])
         left.set(title=f"training loss, batch size {bs}", xlabel="training steps",
                  ylabel="train NLL (nats, running mean of 5)")
         right.set(title=f"test error, batch size {bs}", xlabel="training steps",
                   ylabel="test error (%)")
         for ax in (left, right):
             ax.grid(alpha=0.3, which="both")
-    common.legend_below(fig, axes)
-    measured = common.eval_caption(results) if subset else "the test set after each epoch"
-    common.save_figure(fig, path, f"Row-by-row sequential {results['dataset']['name']} "
-                       f"(lnjax)\n{common.seeds_caption(runs)}; test error on {measured}")
+    plots.legend_below(fig, axes)
+    measured = plots.eval_caption(results) if subset else "the test set after each epoch"
+    plots.save_figure(fig, path, f"Row-by-row sequential {results['dataset']['name']} "
+                       f"(lnjax)\n{plots.seeds_caption(runs)}; test error on {measured}")
 
 
-COLUMNS = common.columns(("steps", "steps", "d"))
-
-
-def _add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hidden", type=int, default=128, help="recurrent units")
-
-
-def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.hidden < 1:
-        p.error(f"--hidden must be positive, got {args.hidden}")
-
+COLUMNS = tables.columns(("steps", "steps", "d"))
+DESCRIPTION = ("Sequential (Fashion-)MNIST, row by row: LN-LSTM against LSTM, LN-GRU against "
+               "GRU.")
 
 EXPERIMENT = driver.Experiment(
-    name="seq_mnist", description=__doc__.split("\n\n")[0], title="Row-by-row sequential",
-    methods=METHODS, run=run, plot=plot, figure="curves.png", columns=COLUMNS,
-    batch_sizes=(128,), epochs=2, lr=1e-3, out="runs/seq_mnist",
-    add_flags=_add_flags, run_flags=("hidden",), check=_check)
+    name="seq_mnist", description=DESCRIPTION, title="Row-by-row sequential",
+    settings=SeqMnistSettings, run=run, plot=plot, figure="curves.png", columns=COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -19,14 +19,10 @@ first step; the same with the suffix ``_warmup`` (``post_ln_warmup``, ...) ramp
 the rate linearly from 0 over ``--warmup-steps``, then keep it constant. No
 gradient clipping, dropout or weight decay (each would blur the effect).
 
-The default learning rate, 3e-3, is where warm-up matters here. Measured with
-the default sizes (200 steps; seed 0, test error on the first 2,000 test
-images): at 1e-3 post-LN trains without warm-up (22.8 % test error against
-21.3 % with 40 steps of warm-up); at 3e-3 post-LN without warm-up stays at the
-loss of guessing (NLL 2.34, 90 % error; seed 1 the same) while 40 steps of
-warm-up bring it to 20.9 %, and pre-LN trains without warm-up (on the whole
-test set 23.1, 24.7 and 25.1 % for seeds 0-2, against 21.8 and 20.4 % with
-warm-up for seeds 0 and 1).
+The default learning rate (:class:`TransformerSettings`) is set high enough for
+warm-up to matter at the default sizes: at lower rates post-LN may train
+without it, and the finding is then not tested. The runs' ``summary.md`` and
+the README report measured errors.
 
 The verdict (:func:`verdict`, printed, appended to ``summary.md`` and stored as
 ``results.json``'s ``"verdict"``) is computed from the runs: a normalization
@@ -35,12 +31,11 @@ loses more than a fifth of what the warm-up run gained over guessing
 (:func:`compare_warmup`); the finding holds when post-LN needs warm-up and
 pre-LN does not.
 
-Defaults, chosen to end within 15 minutes on a shared 2-core CPU: 4 layers,
-width 128, 4 heads, MLP 256 (0.54 M parameters), batch size 128, the first
-12,800 training examples, 2 epochs (200 steps), warm-up 40 steps; the
-validation (5,000) and test (10,000) splits are evaluated whole after each
-epoch. A full-size run (all 55,000 examples, about 8,600 steps; hours on a
-CPU, minutes on a GPU)::
+The defaults (:class:`TransformerSettings`) are sized for a shared 2-core CPU:
+a 4-layer encoder of width 128 (0.54 M parameters) trained for a couple of
+hundred steps on part of the training split, with the validation and test
+splits evaluated whole after each epoch. A full-size run (all 55,000 examples,
+about 8,600 steps; hours on a CPU, minutes on a GPU)::
 
     python -m lnjax.experiments.transformer --train-examples 55000 --epochs 20 \
         --warmup-steps 1000 --out runs/transformer_full
@@ -60,11 +55,10 @@ et al. (2021, ViT); Ba, Kiros & Hinton (2016).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
-import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -72,7 +66,10 @@ import numpy as np
 import optax
 
 from lnjax import linen as lnn
-from lnjax.experiments import common, driver
+from lnjax.experiments import driver, plots, tables
+from lnjax.experiments.results import batch_sizes, mean_history, seed_histories
+from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.settings import Flag, Settings, SettingsError, document, positive
 
 NORMS = ("post_ln", "pre_ln", "pre_rms", "none")
 WARMUP = "_warmup"  # the suffix of a method that warms its learning rate up
@@ -210,6 +207,31 @@ class PatchTransformer(nn.Module):
         return nn.Dense(self.num_classes, name="head")(x.mean(axis=1))
 
 
+TRAIN_EXAMPLES = 12_800  # the default --train-examples: 100 steps an epoch at batch size 128
+
+
+@document("The settings of ``python -m lnjax.experiments.transformer`` (its flags).")
+@dataclasses.dataclass(frozen=True)
+class TransformerSettings(Settings):
+    methods: Annotated[tuple[str, ...], Flag(choices=METHODS)] = METHODS
+    epochs: int = 2
+    lr: float = 3e-3
+    out: str = "runs/transformer"
+    train_examples: int | None = TRAIN_EXAMPLES
+    layers: Annotated[int, Flag("encoder blocks", parse=int, check=positive)] = 4
+    width: Annotated[int, Flag("model width", parse=int, check=positive)] = 128
+    heads: Annotated[int, Flag("attention heads (dividing --width)", parse=int,
+                               check=positive)] = 4
+    mlp_dim: Annotated[int, Flag("the MLP's hidden width", parse=int, check=positive)] = 256
+    warmup_steps: Annotated[int, Flag("steps of linear warm-up of the *_warmup methods",
+                                      parse=int, check=positive)] = 40
+
+    def check(self) -> None:
+        """``heads`` divides ``width``."""
+        if self.width % self.heads:
+            raise SettingsError(f"--heads ({self.heads}) must divide --width ({self.width})")
+
+
 def schedule(lr: float, warmup_steps: int) -> optax.Schedule:
     """The learning rate: linear from 0 to ``lr`` over ``warmup_steps``, then ``lr``
     (``warmup_steps=0``: ``lr`` from the first step)."""
@@ -218,29 +240,35 @@ def schedule(lr: float, warmup_steps: int) -> optax.Schedule:
     return optax.linear_schedule(0.0, lr, warmup_steps)
 
 
-def run(method: str, batch_size: int, splits: dict, *, epochs: int, lr: float, seed: int,
-        out: str, resume: bool = True, progress: bool = True, mesh: Any = None,
-        layers: int = 4, width: int = 128, heads: int = 4, mlp_dim: int = 256,
-        warmup_steps: int = 200, eval_examples: int | None = common.EVAL_EXAMPLES,
-        evals_per_epoch: int = common.EVALS_PER_EPOCH, tensorboard: bool = False) -> dict:
+def run(method: str, batch_size: int, splits: dict,
+        settings: TransformerSettings | None = None, *, seed: int | None = None,
+        mesh: Any = None, **changes: Any) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`).
 
     ``method`` is a normalization of :data:`NORMS`, with the suffix ``_warmup``
-    for a linear warm-up over ``warmup_steps`` (:func:`schedule`); without it
-    Adam takes the peak rate ``lr`` from the first step.
+    for a linear warm-up over ``settings.warmup_steps`` (:func:`schedule`);
+    without it Adam takes the peak rate ``settings.lr`` from the first step.
+
+    Args:
+      method: one of :data:`METHODS`.
+      batch_size: examples per step.
+      splits: ``{"train", "validation", "test"}``, each a :class:`lnjax.data.Dataset`.
+      settings: the run's settings (default: :class:`TransformerSettings`' defaults).
+      seed: the run's seed (default: ``settings.seed``).
+      mesh: a device mesh (several devices: data-parallel).
+      **changes: settings to change, by field name (``epochs=2``, ``warmup_steps=40``).
     """
+    s = dataclasses.replace(settings or TransformerSettings(), **changes)
     norm, warm = split_method(method)
-    model = PatchTransformer(norm, layers=layers, width=width, heads=heads, mlp_dim=mlp_dim)
-    warmup = warmup_steps if warm else 0
-    tx = optax.adam(schedule(lr, warmup))
-    config = {"layers": layers, "width": width, "heads": heads, "mlp_dim": mlp_dim,
+    model = PatchTransformer(norm, layers=s.layers, width=s.width, heads=s.heads,
+                             mlp_dim=s.mlp_dim)
+    warmup = s.warmup_steps if warm else 0
+    tx = optax.adam(schedule(s.lr, warmup))
+    config = {"layers": s.layers, "width": s.width, "heads": s.heads, "mlp_dim": s.mlp_dim,
               "warmup_steps": warmup}
-    return common.fit_run(model, tx, splits, method=method, batch_size=batch_size, lr=lr,
-                          seed=seed, hidden=config, epochs=epochs, out=out, resume=resume,
-                          progress=progress, mesh=mesh,
-                          desc=f"{label(method):>24} bs={batch_size:<3}",
-                          eval_examples=eval_examples, evals_per_epoch=evals_per_epoch,
-                          tensorboard=tensorboard)
+    one = Run(method, batch_size, s.seed if seed is None else seed, model_config=config,
+              label=f"{label(method):>24} bs={batch_size:<3}")
+    return fit_run(model, tx, splits, one, s, mesh=mesh)
 
 
 CHANCE_ERROR = 0.9  # the test error of guessing among the 10 classes
@@ -261,8 +289,8 @@ def compare_warmup(runs: Mapping[str, Mapping[str, Any]], norm: str, batch_size:
     finite, or when it loses more than ``shortfall`` of what the run with warm-up gained
     over guessing: ``lost = (error without - error with) / (CHANCE_ERROR - error with)``
     (0: as good, 1: no better than guessing). Scale-free, so the same rule serves a
-    200-step run and a full one; one seed's noise in these short runs is a few points of
-    test error, a ``lost`` of about 0.06.
+    short run and a full one; ``shortfall`` should stay above the spread of ``lost``
+    between seeds (``--seeds`` measures it).
 
     Returns:
       ``{"no_warmup": {"train_loss", "test_error"}, "warmup": {...}, "lost": float,
@@ -274,7 +302,7 @@ def compare_warmup(runs: Mapping[str, Mapping[str, Any]], norm: str, batch_size:
     if not cold or not warm:
         return None
     # Several seeds (runs[method][batch size][seed]): their mean.
-    cold, warm = (common.mean_history(list(common.seed_histories(e).values()))
+    cold, warm = (mean_history(list(seed_histories(e).values()))
                   for e in (cold, warm))
     c = {"train_loss": _final(cold, "train_loss"), "test_error": _final(cold, "test_error")}
     w = {"train_loss": _final(warm, "train_loss"), "test_error": _final(warm, "test_error")}
@@ -297,7 +325,7 @@ def verdict(results: Mapping[str, Any], *, shortfall: float = SHORTFALL) -> list
     needs warm-up and pre-LN trains without it."""
     runs = results["runs"]
     lines = []
-    for bs in common.batch_sizes(results):
+    for bs in batch_sizes(results):
         found = {}
         for norm in NORMS:
             cmp = compare_warmup(runs, norm, str(bs), shortfall=shortfall)
@@ -344,8 +372,8 @@ def plot(results: dict, path: str) -> None:
     min-max band when there are several) beside the last test error on the whole test set
     (bars: the mean, whiskers: min-max), one row per batch size. Written as ``path`` (PNG)
     and a PDF of the same stem."""
-    runs, sizes = results["runs"], common.batch_sizes(results)
-    fig, axes = common.figure(len(sizes), 3, width=4.0, height=3.4)
+    runs, sizes = results["runs"], batch_sizes(results)
+    fig, axes = plots.figure(len(sizes), 3, width=4.0, height=3.4)
     subset = False
     for row, bs in enumerate(sizes):
         left, middle, right = axes[row]
@@ -354,19 +382,19 @@ def plot(results: dict, path: str) -> None:
         for method, by in runs.items():
             if not by.get(str(bs)):
                 continue
-            hs = list(common.seed_histories(by[str(bs)]).values())
+            hs = list(seed_histories(by[str(bs)]).values())
             norm, warm = split_method(method)
             kw = {"color": COLORS[norm], "linestyle": "-" if warm else "--",
                   "label": label(method)}
-            steps, loss = common.smoothed_step_loss(hs)
-            drawn["left"] += common.band(left, steps, loss, **kw)
-            x, err, from_subset = common.error_curve(hs)
+            steps, loss = plots.smoothed_step_loss(hs)
+            drawn["left"] += plots.band(left, steps, loss, **kw)
+            x, err, from_subset = plots.error_curve(hs)
             subset = subset or from_subset
-            drawn["middle"] += common.band(middle, x, err, **kw)
+            drawn["middle"] += plots.band(middle, x, err, **kw)
             final = [100 * _final(h, "test_error") for h in hs]
             bars.append((norm, warm, final))
-        common.set_scale(left, drawn["left"])
-        common.set_scale(middle, drawn["middle"])
+        plots.set_scale(left, drawn["left"])
+        plots.set_scale(middle, drawn["middle"])
         left.set(title=f"training loss, batch size {bs}", xlabel="training steps",
                  ylabel="train NLL (nats, running mean of 5)")
         middle.set(title=f"test error, batch size {bs}", xlabel="training steps",
@@ -387,56 +415,42 @@ def plot(results: dict, path: str) -> None:
         right.set(title=f"last test error, batch size {bs}", ylabel="test error (%), whole set",
                   xlabel="hatched, left: no warm-up; plain, right: warm-up")
         right.grid(alpha=0.3, axis="y")
-    common.legend_below(fig, axes)
+    plots.legend_below(fig, axes)
     cfg = results.get("config", {})
-    measured = common.eval_caption(results) if subset else "the test set after each epoch"
-    common.save_figure(fig, path, f"Transformer encoder on {results['dataset']['name']} "
+    measured = plots.eval_caption(results) if subset else "the test set after each epoch"
+    plots.save_figure(fig, path, f"Transformer encoder on {results['dataset']['name']} "
                        f"patches (lnjax): {cfg.get('layers')} layers, width {cfg.get('width')}, "
                        f"Adam lr {cfg.get('lr', 0):g}, warm-up {cfg.get('warmup_steps')} steps\n"
-                       f"{common.seeds_caption(runs)}; test error curves on {measured}")
+                       f"{plots.seeds_caption(runs)}; test error curves on {measured}")
 
 
-COLUMNS = common.columns(("steps", "steps", "d"))
-TRAIN_EXAMPLES = 12_800  # the default --train-examples: 100 steps an epoch at batch size 128
+COLUMNS = tables.columns(("steps", "steps", "d"))
+DESCRIPTION = ("Transformers: post-LN against pre-LN, pre-RMSNorm and no norm, with and without "
+               "warm-up.")
 
 
-def _add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, default=4, help="encoder blocks")
-    p.add_argument("--width", type=int, default=128, help="model width")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (dividing --width)")
-    p.add_argument("--mlp-dim", type=int, default=256, help="the MLP's hidden width")
-    p.add_argument("--warmup-steps", type=int, default=40,
-                   help="steps of linear warm-up of the *_warmup methods")
+def summary(results: Mapping[str, Any]) -> str:
+    """``summary.md``: the table of the runs (:func:`~lnjax.experiments.tables.summary`)
+    and the verdict (``results["verdict"]``, else :func:`verdict`)."""
+    lines = results.get("verdict") or verdict(results)
+    return tables.summary(results, COLUMNS) + "\n" + "\n".join(lines) + "\n"
 
 
-def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for flag in ("layers", "width", "heads", "mlp_dim", "warmup_steps"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.width % args.heads:
-        p.error(f"--heads ({args.heads}) must divide --width ({args.width})")
+def conclude(results: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``results.json`` holds besides the runs: ``{"verdict": verdict(results)}``."""
+    return {"verdict": verdict(results)}
 
 
 EXPERIMENT = driver.Experiment(
-    name="transformer", description=__doc__.split("\n\n")[0], title="Transformer encoder on",
-    methods=METHODS, run=run, plot=plot, figure="curves.png", columns=COLUMNS,
-    batch_sizes=(128,), epochs=2, lr=3e-3, out="runs/transformer",
-    train_examples=TRAIN_EXAMPLES, add_flags=_add_flags,
-    run_flags=("layers", "width", "heads", "mlp_dim", "warmup_steps"), check=_check)
+    name="transformer", description=DESCRIPTION, title="Transformer encoder on",
+    settings=TransformerSettings, run=run, plot=plot, figure="curves.png", columns=COLUMNS,
+    summary=summary, conclude=conclude)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """``python -m lnjax.experiments.transformer [flags]``; returns what ``results.json``
-    holds, with the verdict (also appended to ``summary.md`` and printed)."""
-    results = driver.main(EXPERIMENT, argv)
-    lines = verdict(results)
-    results["verdict"] = lines
-    out = results["config"]["out"]
-    common.write_json(os.path.join(out, "results.json"), results)
-    with open(os.path.join(out, "summary.md"), "a") as f:
-        f.write("\n" + "\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines))
-    return results
+    holds, with the verdict (also in ``summary.md`` and printed)."""
+    return driver.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""One training run of an experiment: its identity, its checkpoints, its curves.
+
+A run is a :class:`Run` (what is trained: method, batch size, seed, the model's
+configuration) under a :class:`~lnjax.experiments.settings.Settings` (how:
+learning rate, epochs, curves, output folder); :func:`fit_run` trains it with
+:func:`lnjax.training.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lnjax.experiments.settings import EVAL_EXAMPLES, EVALS_PER_EPOCH, Settings
+
+__all__ = ["SUBSET_SEED", "Run", "config_key", "eval_subset", "fit_run", "identity", "run_name"]
+
+SUBSET_SEED = 0
+"""The seed that draws the curves' subsets: the same for every run, seed and epoch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What one training run trains.
+
+    Attributes:
+      method: the experiment's method (the checkpoint folder's first word).
+      batch_size: examples per step.
+      seed: the seed of the parameters and of the batch order.
+      model_config: what else identifies the model (its widths, its layers, a
+        warm-up's length): part of the checkpoints' identity; JSON-serializable.
+      label: the progress bar's label.
+    """
+
+    method: str
+    batch_size: int
+    seed: int
+    model_config: Any = None
+    label: str = "train"
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A short hash of a run's configuration (checkpoints of other settings are not reused).
+
+    Example:
+      >>> config_key({"lr": 1e-3}) == config_key({"lr": 0.001}) != config_key({"lr": 0.01})
+      True
+    """
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def eval_subset(ds: Any, examples: int | None) -> Any:
+    """A fixed subset of ``examples`` of split ``ds`` (``None`` or at least its size: all of
+    it), drawn with a seed of its own: the same for every run, seed and epoch.
+
+    Example:
+      >>> import numpy as np
+      >>> from lnjax.data import Dataset
+      >>> ds = Dataset(np.arange(10.0)[:, None], np.arange(10), "toy", "test", "memory")
+      >>> eval_subset(ds, 4).labels.tolist() == eval_subset(ds, 4).labels.tolist()
+      True
+      >>> len(eval_subset(ds, 4).labels), len(eval_subset(ds, 50).labels)
+      (4, 10)
+    """
+    n = len(ds.labels)
+    if examples is None or examples >= n:
+        return ds
+    idx = np.sort(np.random.default_rng(SUBSET_SEED).choice(n, examples, replace=False))
+    return ds._replace(images=ds.images[idx], labels=ds.labels[idx])
+
+
+def run_name(method: str, batch_size: int, config: Mapping[str, Any]) -> str:
+    """A run's folder name under ``OUT/checkpoints`` (and, with its seed, ``OUT/tensorboard``)."""
+    return f"{method}-bs{batch_size}-{config_key(config)}"
+
+
+def identity(run: Run, settings: Settings, train: Any) -> dict[str, Any]:
+    """What names a run's checkpoints: the run, the learning rate, the training data (name
+    and size) and, when they differ from the defaults, the curves' settings."""
+    # "hidden" is the key under which the model's configuration has always been hashed:
+    # kept, so that the checkpoints of earlier runs are found again.
+    config = {"method": run.method, "batch_size": run.batch_size, "lr": settings.lr,
+              "seed": run.seed, "hidden": run.model_config, "dataset": train.name,
+              "n_train": len(train.labels)}
+    curves = (settings.eval_examples, settings.evals_per_epoch)
+    if curves != (EVAL_EXAMPLES, EVALS_PER_EPOCH):
+        config["curves"] = list(curves)
+    return config
+
+
+def fit_run(model: Any, tx: Any, splits: Mapping[str, Any], run: Run, settings: Settings, *,
+            mesh: Any = None, takes_mask: bool = False) -> dict:
+    """Trains ``model`` with ``tx`` from ``run.seed`` on ``splits["train"]``; returns the
+    history of :func:`lnjax.training.fit`.
+
+    Validation and test are evaluated whole after each epoch and, for the curves,
+    as fixed subsets of ``settings.eval_examples`` (:func:`eval_subset`)
+    ``settings.evals_per_epoch`` times per epoch (``validation_curve_error``,
+    ``test_curve_error`` at ``eval_steps``). Checkpoints go to
+    ``OUT/checkpoints/<method>-bs<batch size>-<hash of identity(...)>``, so a
+    rerun with the same settings resumes (unless ``settings.resume`` is false)
+    and other settings never reuse them; with ``settings.tensorboard``, event
+    files go to ``OUT/tensorboard/<method>-bs<batch size>-seed<seed>-<hash>``.
+
+    Args:
+      model: a flax module (``__call__(x, *, train)``).
+      tx: its optax optimizer.
+      splits: ``{"train", "validation", "test"}``, each a :class:`lnjax.data.Dataset`.
+      run: what is trained.
+      settings: epochs, output folder, curves, progress bars, TensorBoard.
+      mesh: a data-parallel mesh (``None``: one device).
+      takes_mask: the model's ``__call__`` takes ``mask=`` (see
+        :func:`lnjax.training.create_train_state`).
+    """
+    from lnjax import training
+
+    train, val, test = splits["train"], splits["validation"], splits["test"]
+    state = training.create_train_state(model, tx, train.images[:1], seed=run.seed,
+                                        takes_mask=takes_mask)
+    name = run_name(run.method, run.batch_size, identity(run, settings, train))
+    ckpt = os.path.join(settings.out, "checkpoints", name)
+    logdir = None
+    if settings.tensorboard:
+        bs = f"-bs{run.batch_size}-"
+        logdir = os.path.join(settings.out, "tensorboard",
+                              name.replace(bs, f"{bs[:-1]}-seed{run.seed}-"))
+    if not settings.resume:
+        for folder in (ckpt, logdir):
+            if folder is not None and os.path.isdir(folder):
+                shutil.rmtree(folder)
+    curves = {k: (d.images, d.labels)
+              for k, d in (("validation", eval_subset(val, settings.eval_examples)),
+                           ("test", eval_subset(test, settings.eval_examples)))}
+    _, history = training.fit(
+        state, (train.images, train.labels), epochs=settings.epochs,
+        batch_size=run.batch_size, seed=run.seed,
+        evals={"validation": (val.images, val.labels), "test": (test.images, test.labels)},
+        curves=curves, evals_per_epoch=settings.evals_per_epoch, checkpoint_dir=ckpt,
+        progress=settings.progress, desc=run.label, mesh=mesh, tensorboard_dir=logdir)
+    return history

@@ -1,0 +1,46 @@
+"""One training run of an experiment (lnjax.experiments.runs): its identity, the curves'
+fixed subsets."""
+
+import numpy as np
+
+from lnjax import data
+from lnjax.experiments import runs, settings
+
+
+def toy(n, name="toy"):
+    return data.Dataset(np.arange(float(n))[:, None], np.arange(n), name, "train", "memory")
+
+
+def test_eval_subset_is_fixed_and_drawn_from_the_whole_split():
+    ds = data.Dataset(np.arange(500.0)[:, None], np.arange(500), "toy", "test", "memory")
+    a, b = runs.eval_subset(ds, 50), runs.eval_subset(ds, 50)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert len(set(a.labels.tolist())) == 50 and a.labels.max() > 100  # not the first 50
+    np.testing.assert_array_equal(a.images[:, 0], a.labels)  # images and labels together
+    assert runs.eval_subset(ds, None) is ds and runs.eval_subset(ds, 500) is ds
+
+
+def test_identity_names_what_changes_the_run_and_nothing_else():
+    """The checkpoint folder changes with the run, the learning rate, the data and the
+    curves' settings; not with the epochs (a longer run resumes), the output folder or the
+    progress bars."""
+    run = runs.Run("ln", 8, 0, model_config=[16, 16], label="x")
+    base = settings.Settings()
+
+    def name(r=run, s=base, train=None):
+        train = toy(64) if train is None else train
+        return runs.run_name(r.method, r.batch_size, runs.identity(r, s, train))
+
+    assert name().startswith("ln-bs8-")
+    same = [name(s=settings.Settings(epochs=9, out="elsewhere", progress=False, resume=False)),
+            name(r=runs.Run("ln", 8, 0, model_config=[16, 16], label="another bar"))]
+    assert same == [name()] * 2
+    other = [name(r=runs.Run("ln", 8, 1, model_config=[16, 16])),
+             name(r=runs.Run("ln", 8, 0, model_config=[16, 8])),
+             name(s=settings.Settings(lr=0.01)), name(s=settings.Settings(eval_examples=10)),
+             name(train=toy(65)), name(train=toy(64, "other"))]
+    assert len({name(), *other}) == 1 + len(other)
+    # The curves' defaults leave the identity as it was before they were settings.
+    assert "curves" not in runs.identity(run, base, toy(64))
+    assert runs.identity(run, settings.Settings(evals_per_epoch=2), toy(64))["curves"] == [
+        settings.EVAL_EXAMPLES, 2]
