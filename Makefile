@@ -52,10 +52,12 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.training_loop
 
 ## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py);
-## mypy over the package (its settings: pyproject.toml's [tool.mypy]).
+## mypy over the package (its settings: pyproject.toml's [tool.mypy]); the architecture's
+## import contracts (pyproject.toml's [tool.importlinter]).
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check lnjax tests benchmarks colabs
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 ## docs: the documentation site in docs/_build/html (warnings are errors; runs the notebooks).
 docs: $(VENV)/.installed-dev

@@ -416,7 +416,7 @@ def test_tensorboard_events_hold_the_history(tmp_path):
 def test_tensorboard_without_tensorboardx_stops_before_training(tmp_path, monkeypatch):
     import sys
 
-    from lnjax._optional import MissingExtraError
+    from lnjax import MissingExtraError
 
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
     epochs_run = []

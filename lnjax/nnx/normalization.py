@@ -232,8 +232,10 @@ class BatchNorm(nnx.BatchNorm):
         renorm = None if limits is None else Renorm(mean, var, *limits)
         y, st = spec.apply(x, scale, bias, mask=mask, renorm=renorm)
         mean, var = spec.feature_stats(st)
-        update = (jax.lax.stop_gradient
-                  if self.mean._can_update or self.var._can_update else (lambda v: v))
+        # As flax.nnx.BatchNorm does: a variable that can be updated in place takes no
+        # gradient through its update.
+        can_update = self.mean._can_update or self.var._can_update  # noqa: SLF001
+        update = jax.lax.stop_gradient if can_update else (lambda v: v)
         mean, var = mean.reshape(self.mean.shape), var.reshape(self.var.shape)
         new_mean = update(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
         if jnp.iscomplexobj(new_mean) and not jnp.iscomplexobj(self.mean[...]):

@@ -171,7 +171,7 @@ class _Sequence(nnx.Module):
         spec = dataclasses.replace(cell.spec, name=type(self).__name__)
         inputs = checks.as_inexact_array(inputs, fn=spec.name, name="inputs")
         R.check_sequence_rank(spec.name, inputs)
-        params, (inputs,) = cell._params(inputs)
+        params, (inputs,) = cell._params(inputs)  # noqa: SLF001 (the cell of this module)
         return R.run_layer(
             spec, params, inputs, initial_carry=initial_carry,
             make_carry=lambda shape: cell.initialize_carry(shape, rngs),
