@@ -43,7 +43,11 @@ PAGES = {
     "lnjax.steps": "api/steps.html",
     "lnjax.parallel": "api/parallel.html",
     "lnjax.checkpoint": "api/checkpoint.html",
+    "lnjax.checksums": "api/checkpoint.html",
     "lnjax.data": "api/data.html",
+    **{f"lnjax.datasets.{m}": "api/datasets.html"
+       for m in ("idx", "checksums", "folders", "tfds_source", "splits", "core", "loading",
+                 "cli")},
 }
 EXPERIMENTS = ("driver", "common", "invariance", "pi_mnist", "seq_mnist", "convnet",
                "transformer")
