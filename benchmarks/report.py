@@ -256,9 +256,9 @@ def pyplot() -> Any:
       ImportError: matplotlib is not installed (one line naming the results.png and
         ``pip install "lnjax[plots]"``).
     """
-    from lnjax.experiments import common
+    from lnjax.experiments import plots
 
-    return common.pyplot(feature=PLOT_FEATURE)
+    return plots.pyplot(feature=PLOT_FEATURE)
 
 
 def plot(results: Mapping[str, Any], path: str | os.PathLike, *,

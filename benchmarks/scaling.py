@@ -19,7 +19,6 @@ table, and with ``--out DIR`` writes ``scaling.json`` and ``scaling.md``
 from __future__ import annotations
 
 import os
-import sys
 
 from benchmarks import report
 
@@ -27,11 +26,11 @@ MAX_DEVICES = 8
 
 
 def _force_devices(n: int) -> None:
-    flag = f"--xla_force_host_platform_device_count={n}"
-    if "jax" in sys.modules:
-        return  # too late; use whatever devices exist
-    if flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    # Unless XLA_FLAGS already names a count; no effect once JAX has started its backends.
+    from lnjax import parallel
+
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = parallel.host_device_flags(n)
 
 
 def measure(*, quick: bool = False, methods=("layernorm", "batchnorm"),

@@ -33,7 +33,6 @@ speed-up. :class:`Block`, :class:`ConvBlock`, :func:`param_specs` and
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -46,12 +45,12 @@ TIME_TARGET = 1.1  # lnjax's step time / flax's, at most
 
 
 def force_devices(n: int = DEVICES) -> None:
-    """Asks XLA for ``n`` host devices (a no-op once jax is imported)."""
-    flag = f"--xla_force_host_platform_device_count={n}"
-    if "jax" in sys.modules:
-        return
-    if flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    """Asks XLA for ``n`` host devices, unless ``XLA_FLAGS`` already names a count (no
+    effect once JAX has started its backends)."""
+    from lnjax import parallel
+
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = parallel.host_device_flags(n)
 
 
 def _modules():

@@ -89,7 +89,7 @@ from IPython.display import Image, Markdown, display
 
 import lnjax
 from lnjax import data
-from lnjax.experiments import common, transformer
+from lnjax.experiments import tables, transformer
 from lnjax.experiments.transformer import LABELS, METHODS, NORMS, PatchTransformer
 
 print(f"lnjax {lnjax.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
@@ -257,7 +257,7 @@ transformer.plot(results, figure)
 display(Image(filename=str(figure)))
 
 # %%
-display(Markdown(common.summary_table(results["runs"], columns=transformer.COLUMNS)))
+display(Markdown(tables.summary_table(results["runs"], columns=transformer.COLUMNS)))
 display(Markdown("\n".join(transformer.verdict(results))))
 
 # %% [markdown]

@@ -1,4 +1,4 @@
-"""One process of a two-process ``training.fit`` run, started by tests/test_multihost.py.
+"""One process of a two-process ``training.fit`` run, started by tests/test_training_multihost.py.
 
     python tests/multihost_worker.py PROCESS_ID PORT CHECKPOINT_DIR OUT_DIR
     python tests/multihost_worker.py PROCESS_ID PORT sharded OUT_DIR

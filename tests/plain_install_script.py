@@ -24,7 +24,7 @@ import lnjax.linen
 import lnjax.nnx
 import lnjax.recurrent
 import lnjax.training
-from lnjax.experiments import common
+from lnjax.experiments import plots
 
 OPTIONAL = ("matplotlib", "tensorflow_datasets", "tensorboardX", "torch")
 
@@ -55,7 +55,7 @@ def main(idx_folder: Path, work: Path) -> dict:
         lnjax.training.fit(new_state(), (ds.images, ds.labels), progress=False, epochs=1,
                            batch_size=32, seed=0, tensorboard_dir=work / "tensorboard")
 
-    for name, feature in (("pyplot", common.pyplot),
+    for name, feature in (("pyplot", plots.pyplot),
                           ("prepare", lambda: lnjax.data.prepare("mnist")),
                           ("tensorboard", tensorboard)):
         try:

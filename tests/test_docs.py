@@ -49,8 +49,8 @@ PAGES = {
        for m in ("idx", "checksums", "folders", "tfds_source", "splits", "core", "loading",
                  "cli")},
 }
-EXPERIMENTS = ("driver", "common", "invariance", "pi_mnist", "seq_mnist", "convnet",
-               "transformer")
+EXPERIMENTS = ("driver", "settings", "runs", "results", "tables", "plots", "common",
+               "invariance", "pi_mnist", "seq_mnist", "convnet", "transformer")
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "colabs").glob("*.ipynb"))
 
 

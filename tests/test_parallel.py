@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 import lnjax
 from lnjax import linen as lnn
-from lnjax import parallel, training
+from lnjax import parallel, steps, training
 from tests import reference as ref
 
 pytestmark = pytest.mark.skipif(
@@ -345,7 +345,7 @@ def test_two_hosts_given_the_global_batches_equal_one_device(tmp_path):
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS=parallel.host_device_flags(2),
                JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(os.path.dirname(lnjax.__file__)))
     script = _HOST.replace("{mlp}", inspect.getsource(MLP))  # the model compared with below
     hosts = [subprocess.Popen([sys.executable, "-c", script, str(i), str(port), str(tmp_path)],
@@ -378,3 +378,45 @@ def test_host_local_gives_one_copy_of_a_state_replicated_over_local_devices():
     assert local["n"] == 3 and local["one"] is state["one"]
     split = parallel.shard(np.arange(16.0), parallel.make_mesh(8))
     assert parallel.host_local(split) is split  # split over this process's devices: kept
+
+
+class KeptUnits(nn.Module):
+    """``w`` times the number of 64 units a 0.5 dropout keeps (scaled by 2), per example: the
+    gradient for ``w`` is the mean kept count, so it tells which masks a step drew."""
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        w = self.param("w", nn.initializers.ones, ())
+        kept = nn.Dropout(0.5, deterministic=not train)(jnp.ones((x.shape[0], 64)))
+        return w * kept.sum(-1)
+
+
+def test_each_device_draws_its_own_dropout_masks():
+    """On a 2-device mesh, the step equals the mean of the two devices' steps with the
+    device index folded into the keys (steps.train_step(rng_fold=i)), not a step in which
+    both devices drew the same masks."""
+    state = training.create_train_state(KeptUnits(), optax.sgd(1.0), np.zeros((1, 3)), seed=0,
+                                        loss_fn=lambda out, y: out)
+    xb, yb = np.zeros((1, 4, 3), np.float32), np.zeros((1, 4), np.float32)
+
+    def grad(half, fold):
+        batch = {"x": xb[0, 2 * half:2 * half + 2], "y": yb[0, 2 * half:2 * half + 2]}
+        new, _ = steps.train_step(state, batch, rng_fold=fold)
+        return 1.0 - float(new.params["w"])
+
+    g0, g1, same = grad(0, 0), grad(1, 1), grad(0, None)
+    mesh_state, _ = parallel.train_epoch(state, xb, yb, parallel.make_mesh(2))  # donates state
+    assert g0 != g1  # the two devices' masks differ
+    np.testing.assert_allclose(1.0 - float(mesh_state.params["w"]), (g0 + g1) / 2, rtol=1e-6)
+    assert abs((1.0 - float(mesh_state.params["w"])) - same) > 1e-3
+
+
+def test_host_device_flags():
+    flags = "--xla_dump_to=/tmp/a --xla_force_host_platform_device_count=8 --xla_cpu_x=1"
+    assert parallel.host_device_flags(2, flags) == (
+        "--xla_dump_to=/tmp/a --xla_cpu_x=1 --xla_force_host_platform_device_count=2")
+    assert parallel.host_device_flags(None, flags) == "--xla_dump_to=/tmp/a --xla_cpu_x=1"
+    assert parallel.host_device_flags(3, "") == "--xla_force_host_platform_device_count=3"
+    for bad in (0, -1, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="count must be a positive int"):
+            parallel.host_device_flags(bad, "")
