@@ -62,7 +62,7 @@ def test_parameter_tree_has_the_variants_norms(norm, kind):
     with nn.intercept_methods(record):
         model.apply(variables, images(2), train=False)
     norms = {(m, k) for m, k, name in order if "norm" in name}
-    assert norms == (set() if kind is None else {("lnjax.linen", kind)})
+    assert norms == (set() if kind is None else {("lnjax.linen.normalization", kind)})
     names = [name for _, _, name in order]
     per_block = {"post_ln": ["attention", "norm_attention", "mlp", "norm_mlp"],
                  "pre_ln": ["norm_attention", "attention", "norm_mlp", "mlp"],
