@@ -90,7 +90,7 @@ print(f"lnjax {lnjax.__version__}, jax {jax.__version__}, flax {flax.__version__
 # then followed by a learned gain `g` and bias `b` per unit.
 #
 # In lnjax: `lnjax.layer_norm(x, scale, bias, axis=-1)`,
-# `lnjax.batch_norm(x, scale, bias, axis=0)` (returns `(y, mean, var)`) and
+# `lnjax.batch_norm(x, scale, bias, reduction_axes=0)` (returns `(y, mean, var)`) and
 # `lnjax.weight_norm(v, g, axis=0)` (returns the weight; `axis` is the axis of the
 # units, and the norm runs over every other axis).
 
@@ -101,7 +101,7 @@ W = rng.normal(size=(4, 5)).astype(np.float32)  # 4 hidden units
 a = X @ W.T  # summed inputs, (cases, units)
 
 ln = np.asarray(lnjax.layer_norm(a, epsilon=0.0))  # each case (row) over its units
-bn, bn_mean, bn_var = lnjax.batch_norm(a, axis=0, epsilon=0.0)  # each unit over the cases
+bn, bn_mean, bn_var = lnjax.batch_norm(a, reduction_axes=0, epsilon=0.0)  # each unit over the cases
 bn = np.asarray(bn)
 w = np.asarray(lnjax.weight_norm(W, jnp.ones(4), axis=0))  # each unit's weights: norm g = 1
 wn = X @ w.T

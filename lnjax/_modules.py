@@ -166,8 +166,9 @@ INSTANCE_NORM: Glossary = {
 BATCH_NORM: Glossary = {
     **NORMALIZATION,
     "epsilon": "added to the variance inside the square root (default ``1e-5``).",
-    "axis": "the feature axis or axes; the statistics are taken over all others (default "
-            "``-1``).",
+    "axis": "the feature axis or axes, as in flax; the statistics are taken over all others "
+            "(default ``-1``). The function :func:`lnjax.batch_norm` names the axes reduced "
+            "over instead, as ``reduction_axes``.",
     "momentum": "the decay of the running averages (default ``0.99``).",
     "unbiased": "normalize with the unbiased variance ``n/(n-1) * var`` (default ``False``).",
     "r_max": "the largest scale correction, ``>= 1`` (default ``3.0``); a value given at call "

@@ -922,23 +922,47 @@ def instance_norm(x: Array, scale: Array | None = None, bias: Array | None = Non
     return spec.apply(x, scale, bias, mask=mask)[0]
 
 
+def _reduction_axes(fn: str, x: Any, reduction_axes: Axes | None, axis: Axes | None) -> Axes:
+    """``reduction_axes`` (default 0), or the deprecated ``axis`` with a warning that says
+    which axes it reduces."""
+    if axis is None:
+        return 0 if reduction_axes is None else reduction_axes
+    if reduction_axes is not None:
+        raise TypeError(f"{fn}: pass reduction_axes only (axis is its deprecated name); got "
+                        f"both reduction_axes={reduction_axes!r} and axis={axis!r}.")
+    ndim = np.ndim(x)
+    reduced = checks.canonicalize_axes(ndim, axis, fn=fn)
+    kept = tuple(a for a in range(ndim) if a not in reduced)
+    warnings.warn(
+        f"{fn}: axis= is deprecated: it names the axes reduced over, here {reduced} of "
+        f"x's {ndim} (the features are {kept}); pass reduction_axes={reduced} instead. "
+        f"(lnjax.linen.BatchNorm's axis, as flax's, names the feature axes.)",
+        DeprecationWarning, stacklevel=3)
+    return axis
+
+
 def batch_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
-               axis: Axes = 0, epsilon: float = 1e-5, mask: Array | None = None,
-               axis_name: Any = None, axis_index_groups: Any = None,
-               unbiased: bool = False) -> tuple[Array, Array, Array]:
+               reduction_axes: Axes | None = None, epsilon: float = 1e-5,
+               mask: Array | None = None, axis_name: Any = None,
+               axis_index_groups: Any = None, unbiased: bool = False,
+               axis: Axes | None = None) -> tuple[Array, Array, Array]:
     """Batch normalization: each unit normalized over the mini-batch.
 
     .. math::
         y = g \\odot \\frac{x - \\mu_B}{\\sqrt{\\sigma_B^2 + \\epsilon}} + b
 
-    with the statistics over ``axis`` (the batch, and for convolutions the
-    spatial axes too), optionally merged across devices along ``axis_name``.
+    with the statistics over ``reduction_axes`` (the batch, and for
+    convolutions the spatial axes too), optionally merged across devices along
+    ``axis_name``. The axes named here are the ones *reduced over*; the axes
+    left are the features. (:class:`lnjax.linen.BatchNorm`'s ``axis``, as
+    flax's, names the feature axes instead.)
 
     Args:
       x: floating input.
       scale, bias: optional arrays with the shape of the axes *not* reduced
         (the features), or broadcastable to it.
-      axis: the reduction axis or axes (default 0, the batch).
+      reduction_axes: the axis or axes the statistics are taken over (default
+        0, the batch; ``(0, 1, 2)`` for NHWC images).
       epsilon: added to the variance inside the square root (>= 0).
       mask: optional boolean array broadcastable to ``x``: the examples (or
         positions) the statistics count.
@@ -948,11 +972,16 @@ def batch_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
       axis_index_groups: optional groups of device indices along ``axis_name``.
       unbiased: normalize with the unbiased variance ``n/(n-1) * var`` (the
         paper's choice for batch size 4).
+      axis: the former name of ``reduction_axes`` (the axes reduced over);
+        deprecated, with a ``DeprecationWarning`` naming the axes it reduces.
 
     Returns:
       ``(y, mean, var)``: the output (``x``'s shape and dtype) and the batch
       mean and variance used, shaped like the feature axes, in float32 (or
       wider).
+
+    Raises:
+      TypeError: both ``reduction_axes`` and ``axis`` are given.
 
     Example:
       >>> import jax.numpy as jnp, lnjax
@@ -962,7 +991,8 @@ def batch_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
 
     Reference: Ioffe & Szegedy (2015), arXiv:1502.03167.
     """
-    spec = NormSpec.batch("batch_norm", x, reduction_axes=axis, epsilon=epsilon,
+    axes = _reduction_axes("batch_norm", x, reduction_axes, axis)
+    spec = NormSpec.batch("batch_norm", x, reduction_axes=axes, epsilon=epsilon,
                           unbiased=unbiased, axis_name=axis_name,
                           axis_index_groups=axis_index_groups)
     y, st = spec.apply(x, scale, bias, mask=mask)
@@ -971,9 +1001,10 @@ def batch_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
 
 def batch_renorm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
                  running_mean: Array, running_var: Array, r_max: Any = 3.0, d_max: Any = 5.0,
-                 axis: Axes = 0, epsilon: float = 1e-5, mask: Array | None = None,
-                 axis_name: Any = None,
-                 axis_index_groups: Any = None) -> tuple[Array, Array, Array]:
+                 reduction_axes: Axes | None = None, epsilon: float = 1e-5,
+                 mask: Array | None = None, axis_name: Any = None,
+                 axis_index_groups: Any = None,
+                 axis: Axes | None = None) -> tuple[Array, Array, Array]:
     """Batch renormalization: batch norm corrected towards the running statistics.
 
     .. math::
@@ -982,7 +1013,7 @@ def batch_renorm(x: Array, scale: Array | None = None, bias: Array | None = None
         y = g \\odot \\Big(\\frac{x - \\mu_B}{\\sigma_B}\\, r + d\\Big) + b
 
     with the batch statistics ``mu_B``, ``sigma_B = sqrt(var_B + epsilon)`` over
-    ``axis`` (as :func:`batch_norm`, exact and optionally masked or merged
+    ``reduction_axes`` (as :func:`batch_norm`, exact and optionally masked or merged
     across devices), ``sigma = sqrt(running_var + epsilon)``, and ``r``, ``d``
     held constant in the gradient. ``r_max=1, d_max=0`` is batch norm; the
     paper ramps them up from there over training (:func:`renorm_limits`).
@@ -995,12 +1026,15 @@ def batch_renorm(x: Array, scale: Array | None = None, bias: Array | None = None
       r_max: the largest correction of the scale (>= 1; may be traced).
       d_max: the largest correction of the shift, in running standard
         deviations (>= 0; may be traced).
-      axis: the reduction axis or axes (default 0, the batch).
+      reduction_axes: the axis or axes the statistics are taken over (default
+        0, the batch), as in :func:`batch_norm`.
       epsilon: added to the variances inside the square roots (>= 0).
       mask: optional boolean array broadcastable to ``x``: the positions the
         statistics count.
       axis_name: a mapped axis to merge the batch statistics over.
       axis_index_groups: optional groups of device indices along ``axis_name``.
+      axis: the former name of ``reduction_axes``; deprecated, as in
+        :func:`batch_norm`.
 
     Returns:
       ``(y, mean, var)``: the output (``x``'s shape and dtype) and the batch
@@ -1017,7 +1051,8 @@ def batch_renorm(x: Array, scale: Array | None = None, bias: Array | None = None
 
     Reference: Ioffe (2017), "Batch Renormalization", arXiv:1702.03275.
     """
-    spec = NormSpec.batch("batch_renorm", x, reduction_axes=axis, epsilon=epsilon,
+    axes = _reduction_axes("batch_renorm", x, reduction_axes, axis)
+    spec = NormSpec.batch("batch_renorm", x, reduction_axes=axes, epsilon=epsilon,
                           axis_name=axis_name, axis_index_groups=axis_index_groups)
     check_renorm_limits(r_max, d_max, fn="batch_renorm")
     y, st = spec.apply(x, scale, bias, mask=mask,

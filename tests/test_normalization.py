@@ -178,7 +178,7 @@ class AgainstReferenceTest(chex.TestCase):
         dtype = DTYPES[data.draw(st.sampled_from(sorted(DTYPES)), label="dtype")]
         x = jnp.asarray(x, dtype)
         f = self.variant(lambda x, s, b, m: lnjax.batch_norm(
-            x, s, b, axis=axis, epsilon=1e-3, mask=m, unbiased=unbiased))
+            x, s, b, reduction_axes=axis, epsilon=1e-3, mask=m, unbiased=unbiased))
         y, mean, var = f(x, scale, bias, mask)
         self.assertEqual(y.dtype, dtype)
         x = np.asarray(x, np.float64)
@@ -261,7 +261,7 @@ def test_half_precision_stats_in_f32(name, dtype):
         "rms_norm": (lnjax.rms_norm, ref.rms_norm),
         "group_norm": (lambda v: lnjax.group_norm(v, 8), lambda v: ref.group_norm(v, 8)),
         "instance_norm": (lnjax.instance_norm, ref.instance_norm),
-        "batch_norm": (lambda v: lnjax.batch_norm(v, axis=(0, 1))[0],
+        "batch_norm": (lambda v: lnjax.batch_norm(v, reduction_axes=(0, 1))[0],
                        lambda v: ref.batch_norm(v, axis=(0, 1))[0]),
     }
     ours, theirs = fns[name]
@@ -411,7 +411,7 @@ GRAD_CASES = {
     "batch_norm_unbiased_masked": lambda x, s, b: lnjax.batch_norm(
         x, s, b, mask=jnp.array([[True], [True], [False]]), unbiased=True)[0],
     "batch_norm_stats": lambda x, s, b: jnp.concatenate(
-        [v.ravel() for v in lnjax.batch_norm(x.reshape(3, 2, 2), s[:2], b[:2], axis=(0, 2),
+        [v.ravel() for v in lnjax.batch_norm(x.reshape(3, 2, 2), s[:2], b[:2], reduction_axes=(0, 2),
                                              unbiased=True)]),
     # Running statistics far from the batch's: r and d sit on their limits (constants, as
     # the gradient takes them, so that finite differences agree with it).
@@ -453,11 +453,11 @@ def test_gradients_in_a_traced_epsilon():
 RESIDUAL_X = jnp.asarray(np.random.default_rng(0).standard_normal((8, 4, 4, 6)), jnp.float32)
 RESIDUAL_MASK = jnp.asarray(np.random.default_rng(1).random((8, 4, 4, 6)) < 0.8)
 RESIDUAL_CASES = {
-    "batch_norm": lambda x, s, b: lnjax.batch_norm(x, s, b, axis=(0, 1, 2))[0],
-    "batch_norm_masked": lambda x, s, b: lnjax.batch_norm(x, s, b, axis=(0, 1, 2),
+    "batch_norm": lambda x, s, b: lnjax.batch_norm(x, s, b, reduction_axes=(0, 1, 2))[0],
+    "batch_norm_masked": lambda x, s, b: lnjax.batch_norm(x, s, b, reduction_axes=(0, 1, 2),
                                                           mask=RESIDUAL_MASK)[0],
     "batch_renorm": lambda x, s, b: lnjax.batch_renorm(
-        x, s, b, axis=(0, 1, 2), running_mean=b, running_var=s)[0],
+        x, s, b, reduction_axes=(0, 1, 2), running_mean=b, running_var=s)[0],
     "group_norm": lambda x, s, b: lnjax.group_norm(x, 3, s, b),
     "instance_norm": lambda x, s, b: lnjax.instance_norm(x, s, b),
     "layer_norm_masked": lambda x, s, b: lnjax.layer_norm(x, s, b, mask=RESIDUAL_MASK),
@@ -538,3 +538,35 @@ def test_batch_norm_nan_example_masked_out_keeps_outputs_but_not_that_features_g
     others = np.delete(g, 1, 0)
     assert np.isnan(others[:, 3]).all()
     assert np.isfinite(np.delete(others, 3, 1)).all()
+
+
+# --------------------------------------------------------------------------
+# batch_norm's reduced axes: reduction_axes, and the deprecated axis.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", ["batch_norm", "batch_renorm"])
+def test_the_old_axis_warns_naming_the_axes_it_reduces_and_gives_the_same_result(fn):
+    x = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, (4, 3, 3, 5)), jnp.float32)
+    extra = ({} if fn == "batch_norm" else
+             {"running_mean": jnp.zeros(5), "running_var": jnp.ones(5)})
+    f = getattr(lnjax, fn)
+    with pytest.warns(DeprecationWarning, match=r"reduced over, here \(0, 1, 2\) of x's 4 "
+                      r"\(the features are \(3,\)\); pass reduction_axes=\(0, 1, 2\)"):
+        old = f(x, axis=(0, 1, -2), **extra)
+    new = f(x, reduction_axes=(0, 1, 2), **extra)
+    for a, b in zip(old, new, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert new[1].shape == (5,)
+    with pytest.raises(TypeError, match="pass reduction_axes only"):
+        f(x, reduction_axes=0, axis=0, **extra)
+
+
+def test_batch_norm_and_the_module_say_which_meaning_their_axis_has():
+    from lnjax import linen as lnn
+
+    function, module = (" ".join(f.__doc__.split()) for f in (lnjax.batch_norm, lnn.BatchNorm))
+    assert "*reduced over*" in function and "names the feature axes" in function
+    assert "the feature axis or axes, as in flax; the statistics are taken over all others" in (
+        module)
+    assert "names the axes reduced over instead, as ``reduction_axes``" in module

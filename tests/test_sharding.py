@@ -205,12 +205,12 @@ FUNCTIONS = [
          _flax(nn.InstanceNorm(use_fast_variance=False)), X4, _ln_params(), AXES4,
          reduced=("sequence",), stats=8 * C, plain=_plain_instance_norm),
     Case("batch_norm",
-         lambda x, p: lnjax.batch_norm(x, p["scale"], p["bias"], axis=(0, 1, 2)),
+         lambda x, p: lnjax.batch_norm(x, p["scale"], p["bias"], reduction_axes=(0, 1, 2)),
          _plain_batch_norm, X4, _ln_params(), AXES4,
          reduced=("batch", "sequence", "fsdp"), stats=C),
     Case("batch_renorm", lambda x, p: lnjax.batch_renorm(
              x, p["scale"], p["bias"], running_mean=p["mean"], running_var=p["var"],
-             axis=(0, 1, 2)),
+             reduction_axes=(0, 1, 2)),
          _plain_renorm, X4, {**_ln_params(), "mean": _data(C), "var": _near_one(C) ** 2},
          AXES4, reduced=("batch", "sequence", "fsdp"), stats=C),
     # weight_norm has no activation: its "feature" layout splits v over the kept (output)

@@ -41,7 +41,7 @@ PAPER_TABLE1 = {
 def normalized_summed_inputs(method: str, w: jax.Array, x: jax.Array) -> jax.Array:
     """The summed inputs ``x @ w.T`` normalized by ``method`` (no gain, no bias, epsilon 0)."""
     if method == "batch norm":
-        return lnjax.batch_norm(x @ w.T, axis=0, epsilon=0.0)[0]
+        return lnjax.batch_norm(x @ w.T, reduction_axes=0, epsilon=0.0)[0]
     if method == "weight norm":
         return x @ lnjax.weight_norm(w, jnp.ones(w.shape[0]), axis=0, epsilon=0.0).T
     if method == "layer norm":
