@@ -89,10 +89,19 @@ def check_nonempty(shape: tuple[int, ...], axes: tuple[int, ...], *, fn: str, na
 
 
 def broadcast_mask(mask: Any, shape: tuple[int, ...], *, fn: str) -> Array | None:
-    """``mask`` as a boolean array of ``shape`` (None stays None)."""
+    """``mask`` as a boolean array of ``shape`` (None stays None).
+
+    A mask selects positions; it is not a weight. One of another dtype (0.5
+    weights, 0/1 integers) is a ``TypeError`` naming the dtype rather than a
+    silent cast to bool.
+    """
     if mask is None:
         return None
     mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"{fn}: mask must be boolean (True for the positions the statistics "
+                        f"count), got dtype {mask.dtype}; for 0/1 values pass mask != 0. "
+                        f"Masks select positions: they are not weights.")
     try:
         full = np.broadcast_shapes(mask.shape, shape)
     except ValueError:

@@ -52,7 +52,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -447,6 +450,40 @@ def _tangent(x, scale, mask, eps, st, correction, tx, tscale, tbias, teps, *, op
 
 
 _WARNED: set[str] = set()
+_WARNED_SITES: set[tuple[str, str, int]] = set()
+
+
+def _say_what_ran(fn: str, no_kernel: str | None) -> None:
+    """One warning per call site when ``implementation="pallas"`` does not run a compiled
+    Pallas kernel: the XLA path ran (``no_kernel`` says why), or the kernel runs in
+    interpret mode on a CPU."""
+    if no_kernel is not None:
+        message = (f"{fn}: implementation='pallas' has no kernel here ({no_kernel}); the XLA "
+                   f"path ran.")
+    elif jax.default_backend() == "cpu":
+        message = (f"{fn}: implementation='pallas' on a CPU runs the Pallas kernel in "
+                   f"interpret mode, an emulation several times slower than "
+                   f"implementation='xla' (meant for testing the kernels).")
+    else:
+        return
+    _warn_at_call_site(message)
+
+
+def _warn_at_call_site(message: str) -> None:
+    """``message`` as a UserWarning located at the first frame outside lnjax, flax and jax,
+    once per such call site."""
+    files = (getattr(sys.modules.get(n), "__file__", None) for n in ("lnjax", "flax", "jax"))
+    roots = tuple(os.path.dirname(f) + os.sep for f in files if f)
+    frame = inspect.currentframe()
+    assert frame is not None  # CPython
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(roots):
+        frame = frame.f_back
+    site = (message, frame.f_code.co_filename, frame.f_lineno)
+    if site in _WARNED_SITES:
+        return
+    _WARNED_SITES.add(site)
+    warnings.warn_explicit(message, UserWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__", "__main__"))
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -686,11 +723,16 @@ class NormSpec:
         out_dtype = self.dtype if dtype is None else dtype
         fshape = self.feature_shape
         opts = self.options
-        if (stats is None and renorm is None and self.view is None
-                and kernels.applies(self.shape, self.reduction_axes, self.feature_axes,
-                                    epsilon=self.epsilon, masked=mask is not None,
-                                    axis_name=opts.axis_name,
-                                    fast_variance=opts.fast_variance)):
+        if stats is not None or renorm is not None or self.view is not None:
+            no_kernel: str | None = "it is not a layer or RMS norm"
+        else:
+            no_kernel = kernels.why_not(self.shape, self.reduction_axes, self.feature_axes,
+                                        epsilon=self.epsilon, masked=mask is not None,
+                                        axis_name=opts.axis_name,
+                                        fast_variance=opts.fast_variance)
+        if self.implementation == "pallas":
+            _say_what_ran(fn, no_kernel)
+        if no_kernel is None:
             # x keeps its shape: no reshape merges an axis that may be sharded.
             params = (_sharding.match_feature_axes(
                 checks.feature_param(p, name, fshape, fshape, fn=fn), x, self.feature_axes)

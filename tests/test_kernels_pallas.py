@@ -11,6 +11,7 @@ GPU or TPU: they are lowered with ``jax.export`` for ``cuda`` and ``tpu``.
 from __future__ import annotations
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 from jax import export
 
+import lnjax
+from lnjax import linen as lnn
 from lnjax.kernels import pallas, xla
 from tests import reference as ref
 
@@ -289,3 +292,47 @@ def test_errors_name_the_argument():
         f(jnp.ones((4, 6), jnp.int32), None, None)
     with pytest.raises(ValueError, match="at least one row"):
         f(jnp.ones((0, 6)), None, None)
+
+
+def _what_ran(call):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        call()
+    return [(str(w.message), w.filename, w.lineno) for w in seen
+            if "implementation='pallas'" in str(w.message)]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="interpret mode is the CPU's")
+def test_pallas_on_a_cpu_says_once_per_call_site_that_it_runs_in_interpret_mode():
+    x = jnp.ones((4, 8))
+    module = lnn.LayerNorm(implementation="pallas")
+    calls = [lambda: lnjax.layer_norm(x, implementation="pallas"),
+             lambda: module.init(jax.random.key(0), x)]
+    first = [_what_ran(c) for c in calls]
+    for said, name in zip(first, ("layer_norm", "LayerNorm"), strict=True):
+        assert len(said) == 1 and said[0][0].startswith(f"{name}: implementation='pallas' on a "
+                                                        "CPU runs the Pallas kernel in interpret")
+        assert said[0][1] == __file__  # located at the caller's line, not inside lnjax
+    assert [_what_ran(c) for c in calls] == [[], []]  # once per call site
+
+
+@pytest.mark.parametrize("call, why", [
+    (lambda x: lnjax.layer_norm(x, axis=0, implementation="pallas"),
+     "the statistics are not over the trailing axes"),
+    (lambda x: lnjax.layer_norm(x, mask=x > 0, implementation="pallas"),
+     "a mask selects the positions counted"),
+    (lambda x: lnjax.rms_norm(x, epsilon=jnp.float32(1e-6), implementation="pallas"),
+     "epsilon is an array or traced"),
+])
+def test_pallas_says_when_the_xla_path_ran_instead_and_why(call, why):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8)), jnp.float32)
+    said = _what_ran(lambda: call(x))
+    assert len(said) == 1 and f"has no kernel here ({why}" in said[0][0], said
+    assert "the XLA path ran" in said[0][0]
+    np.testing.assert_array_equal(call(x), call(x))  # and it computes
+
+
+def test_xla_and_the_default_say_nothing():
+    x = jnp.ones((4, 8))
+    assert _what_ran(lambda: lnjax.layer_norm(x, implementation="xla")) == []
+    assert _what_ran(lambda: lnjax.layer_norm(x, axis=0)) == []

@@ -570,3 +570,19 @@ def test_batch_norm_and_the_module_say_which_meaning_their_axis_has():
     assert "the feature axis or axes, as in flax; the statistics are taken over all others" in (
         module)
     assert "names the axes reduced over instead, as ``reduction_axes``" in module
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.int32, jnp.uint8])
+def test_a_mask_that_is_not_boolean_is_a_type_error_naming_its_dtype(dtype):
+    from lnjax import linen as lnn
+
+    x = jnp.ones((4, 3))
+    mask = jnp.asarray([[1, 0, 1]] * 4, dtype)
+    name = jnp.dtype(dtype).name
+    for call in (lambda: lnjax.layer_norm(x, mask=mask),
+                 lambda: lnjax.batch_norm(x, mask=mask),
+                 lambda: lnn.LayerNorm().init_with_output(jax.random.key(0), x, mask=mask)):
+        with pytest.raises(TypeError, match=f"mask must be boolean .* got dtype {name}"):
+            call()
+    np.testing.assert_array_equal(lnjax.layer_norm(x, mask=mask != 0), lnjax.layer_norm(
+        x, mask=jnp.asarray([[True, False, True]] * 4)))

@@ -42,6 +42,16 @@ right one for each platform):
 ``"xla"`` on every platform. A platform's default is ``"pallas"`` only where a
 run on that hardware has shown the Pallas kernels correct and faster than
 ``"xla"``.
+
+When ``implementation="pallas"`` is asked for and something else runs, one
+``UserWarning`` per call site says what ran and why:
+
+* on a CPU (JAX's default backend), the Pallas kernel runs in interpret mode,
+  an emulation several times slower than ``"xla"``, meant for testing;
+* where no row kernel applies (:func:`why_not`: statistics not over the
+  trailing axes, a mask, ``axis_name``, the one-pass variance, an empty ``x``,
+  a traced epsilon, and every batch, group and instance norm), the XLA path
+  of :func:`lnjax.normalization.normalized` runs.
 """
 
 from __future__ import annotations
@@ -57,7 +67,7 @@ from jax import lax
 from lnjax.kernels import pallas, xla, xla_cpu
 
 __all__ = ["DEFAULTS", "IMPLEMENTATIONS", "applies", "check_implementation", "kernel",
-           "row_norm"]
+           "row_norm", "why_not"]
 
 Array = jax.Array
 
@@ -114,12 +124,39 @@ def applies(shape: tuple[int, ...], reduction_axes: tuple[int, ...],
       ...         fast_variance=False)
       True
     """
+    return why_not(shape, reduction_axes, feature_axes, epsilon=epsilon, masked=masked,
+                   axis_name=axis_name, fast_variance=fast_variance) is None
+
+
+def why_not(shape: tuple[int, ...], reduction_axes: tuple[int, ...],
+            feature_axes: tuple[int, ...], *, epsilon: Any, masked: bool, axis_name: Any,
+            fast_variance: bool) -> str | None:
+    """Why no row kernel computes this normalization, in a few words (``None``: one does).
+
+    The arguments are :func:`applies`'s. These are the cases in which
+    ``implementation="pallas"`` (or any row kernel) is not used and the XLA
+    path of :func:`lnjax.normalization.normalized` runs instead.
+
+    Example:
+      >>> why_not((2, 3), (0,), (1,), epsilon=1e-6, masked=False, axis_name=None,
+      ...         fast_variance=False)
+      'the statistics are not over the trailing axes with the scale on them'
+    """
     ndim = len(shape)
     trailing = tuple(range(ndim - len(reduction_axes), ndim))
-    return (tuple(reduction_axes) == tuple(feature_axes) == trailing and bool(reduction_axes)
-            and not masked and axis_name is None and not fast_variance
-            and int(np.prod(shape)) > 0
-            and isinstance(epsilon, (int, float, np.floating)) and not isinstance(epsilon, bool))
+    if not (tuple(reduction_axes) == tuple(feature_axes) == trailing and reduction_axes):
+        return "the statistics are not over the trailing axes with the scale on them"
+    if masked:
+        return "a mask selects the positions counted"
+    if axis_name is not None:
+        return "the statistics are merged across devices (axis_name)"
+    if fast_variance:
+        return "the one-pass variance was asked for (use_fast_variance)"
+    if int(np.prod(shape)) == 0:
+        return "x is empty"
+    if not isinstance(epsilon, (int, float, np.floating)) or isinstance(epsilon, bool):
+        return "epsilon is an array or traced"
+    return None
 
 
 def row_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float,
