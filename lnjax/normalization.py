@@ -687,6 +687,13 @@ class NormSpec:
             red = tuple(i for i in range(x.ndim) if i not in feat)
         if not running:
             checks.check_nonempty(x.shape, red, fn=name, name="axis")
+            if axis_name is None and math.prod(x.shape[a] for a in red) == 1:
+                _warn_at_call_site(
+                    f"{name}: batch statistics over a single example (x of shape {x.shape}, "
+                    f"reduced over axes {red}, each of size 1): every output is the bias"
+                    + (" and the unbiased variance divides by n - 1 = 0" if unbiased else "")
+                    + ". Evaluate one example with the running averages "
+                      "(use_running_average=True), or use a larger batch.")
         return cls(name, x.shape, x.dtype, red, feat, epsilon,
                    _options(x, red, epsilon, stats_dtype, fast_variance=fast_variance,
                             unbiased=unbiased, axis_name=axis_name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -586,3 +588,47 @@ def test_a_mask_that_is_not_boolean_is_a_type_error_naming_its_dtype(dtype):
             call()
     np.testing.assert_array_equal(lnjax.layer_norm(x, mask=mask != 0), lnjax.layer_norm(
         x, mask=jnp.asarray([[True, False, True]] * 4)))
+
+
+def _single_example_warnings(call):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = call()
+    return out, [str(w.message) for w in seen if "single example" in str(w.message)]
+
+
+def test_batch_statistics_over_one_example_warn_once_naming_the_module_and_the_shape():
+    from flax import nnx
+
+    from lnjax import linen as lnn
+    from lnjax import nnx as lnnx
+
+    x = jnp.arange(4.0).reshape(1, 4)
+    y, said = _single_example_warnings(lambda: lnjax.batch_norm(x, None, jnp.full(4, 0.5)))
+    np.testing.assert_array_equal(y[0], jnp.full((1, 4), 0.5))  # exactly the bias
+    assert said == ["batch_norm: batch statistics over a single example (x of shape (1, 4), "
+                    "reduced over axes (0,), each of size 1): every output is the bias. "
+                    "Evaluate one example with the running averages (use_running_average=True), "
+                    "or use a larger batch."]
+    module = lnn.BatchNorm(use_running_average=False, unbiased=True)
+    _, said = _single_example_warnings(lambda: module.init(jax.random.key(0), x))
+    assert len(said) == 1 and said[0].startswith("BatchNorm: batch statistics over a single "
+                                                 "example (x of shape (1, 4)")
+    assert "divides by n - 1 = 0" in said[0]
+    bn = lnnx.BatchNorm(4, rngs=nnx.Rngs(0))
+    _, said = _single_example_warnings(lambda: bn(jnp.ones((1, 1, 1, 4))))
+    assert len(said) == 1 and "(1, 1, 1, 4), reduced over axes (0, 1, 2)" in said[0]
+    # once per call site: the same line again says nothing
+    calls = [lambda: lnjax.batch_norm(x)]
+    assert len(_single_example_warnings(calls[0])[1]) == 1
+    assert _single_example_warnings(calls[0])[1] == []
+
+
+def test_two_examples_running_averages_and_cross_device_statistics_do_not_warn():
+    from lnjax import linen as lnn
+
+    x1 = jnp.ones((1, 4))
+    for call in (lambda: lnjax.batch_norm(jnp.ones((2, 4))),
+                 lambda: lnjax.batch_norm(jnp.ones((1, 3, 4)), reduction_axes=(0, 1)),
+                 lambda: lnn.BatchNorm(use_running_average=True).init(jax.random.key(0), x1)):
+        assert _single_example_warnings(call)[1] == []
