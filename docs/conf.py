@@ -54,6 +54,8 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax from the site itself, not a CDN: the equations render offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_nb",
 ]
@@ -82,6 +84,9 @@ add_module_names = True
 nb_execution_mode = "off"  # generate.py executes the notebooks, with their settings
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "colon_fence"]
+# Notebook cells that display Markdown (tables) are parsed as MyST, which has tables;
+# CommonMark would show them as pipe text.
+nb_render_markdown_format = "myst"
 myst_heading_anchors = 3
 
 # -- HTML --------------------------------------------------------------------

@@ -252,3 +252,28 @@ def test_the_landing_page(site):
     assert 'href="api/experiments.html"' in index
     for name in NOTEBOOKS:
         assert f'href="notebooks/{name}.html"' in index, name
+
+
+def test_no_page_loads_a_script_from_another_host(site):
+    """The equations render offline: MathJax (and every other script) comes with the site."""
+    remote = {}
+    for page in sorted(site.out.rglob("*.html")):
+        found = re.findall(r'<script[^>]*\ssrc="((?:https?:)?//[^"]*)"', page.read_text())
+        if found:
+            remote[str(page.relative_to(site.out))] = found
+    assert not remote, remote
+    math_pages = [p for p in site.out.rglob("*.html") if "mathjax" in p.read_text().lower()]
+    assert math_pages  # the pages with equations do load a (local) MathJax
+
+
+def test_notebook_tables_render_as_tables(site):
+    """Every Markdown table a notebook displays is an HTML table, never pipe text."""
+    tables = 0
+    for name in NOTEBOOKS:
+        page = site.page(f"notebooks/{name}.html")
+        outputs = re.findall(r'<div class="cell_output docutils container">(.*?)</div>\s*</div>',
+                             page, flags=re.S)
+        piped = [o for o in outputs if re.search(r"<p>\s*\|", o)]
+        assert not piped, (name, piped[0][:300])
+        tables += sum(o.count("<table") for o in outputs)
+    assert tables >= 1
