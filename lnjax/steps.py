@@ -109,6 +109,12 @@ class TrainState(train_state.TrainState):
     padded batch, for batch norm to leave the padding out of its statistics;
     ``loss_fn`` is the :data:`LossFn` (``None``: :func:`classification_loss`);
     ``rng_streams`` names the RNG streams the model draws from in training.
+
+    :func:`create_train_state` sets ``apply_fn`` to the model's ``apply`` in a
+    form that compares equal for equal Linen modules, so two states of the same
+    architecture and the same ``tx`` object (seeds, learning rates held in the
+    optimizer's state) share the compiled :func:`train_epoch` and
+    :func:`evaluate`: a sweep compiles each distinct network once.
     """
 
     batch_stats: Any = None
@@ -201,6 +207,48 @@ class NNXModel:
         return out
 
 
+class _ModelApply:
+    """``model.apply`` that compares equal for equal models: a :class:`TrainState`'s ``apply_fn``.
+
+    A bound method compares equal only for the same object, so every new but
+    identical Linen module (a run's model rebuilt from its settings) would
+    compile the jitted steps again. Linen modules are frozen dataclasses:
+    equal fields make the same computation, so states of equal models with the
+    same ``tx`` object share the compiled steps. A module that is not hashable
+    compares by identity.
+    """
+
+    __slots__ = ("__self__",)
+
+    def __init__(self, model: Any):
+        self.__self__ = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__self__.apply(*args, **kwargs)
+
+    def _key(self) -> Any:
+        try:
+            return (type(self.__self__), hash(self.__self__))
+        except TypeError:
+            return id(self.__self__)
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _ModelApply):
+            return NotImplemented
+        if self.__self__ is other.__self__:
+            return True
+        if isinstance(self._key(), int) or isinstance(other._key(), int):
+            return False
+        return type(self.__self__) is type(other.__self__) and bool(
+            self.__self__ == other.__self__)
+
+    def __repr__(self) -> str:
+        return f"<apply of {self.__self__!r}>"
+
+
 def _reseed(model: nnx.Module, rngs: Mapping[str, Any]) -> None:
     """Reseeds every RNG stream of ``model``: from ``rngs[tag]``, or (a tag not in ``rngs``)
     from the first key folded with the tag's CRC-32."""
@@ -276,7 +324,7 @@ def create_train_state(model: Any, tx: optax.GradientTransformation, sample_x: A
         model = NNXModel(model)
     key = jax.random.key(seed)
     variables = model.init(key, jnp.asarray(sample_x), train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+    return TrainState.create(apply_fn=_ModelApply(model), params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}),
                              rng=jax.random.key_data(jax.random.fold_in(key, 1)),
                              takes_mask=takes_mask, loss_fn=loss_fn, rng_streams=streams)

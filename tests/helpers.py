@@ -1,5 +1,5 @@
-"""Helpers shared by the test modules: small MNIST-format IDX files with known values, and
-the environment of lnjax.data's search for them."""
+"""Helpers shared by the test modules: small MNIST-format IDX files with known values, the
+environment of lnjax.data's search for them, and the docs' configuration."""
 
 import gzip
 import hashlib
@@ -108,3 +108,15 @@ def small_mnist(root, n_train, n_val, n_test):
     :class:`SmallMnist` (its ``data_dir`` is ``root/data``)."""
     write_mnist_folder(Path(root) / "data" / "mnist", n_train + n_val, n_test)
     return SmallMnist(Path(root) / "data", n_val)
+
+
+def docs_conf():
+    """docs/conf.py as a module (it puts docs/ on ``sys.path``, so ``import generate``
+    then finds docs/generate.py): ``NOTEBOOK_SETTINGS`` and the build's other settings."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "conf.py"
+    spec = importlib.util.spec_from_file_location("lnjax_docs_conf", path)
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf

@@ -8,7 +8,9 @@ what the notebooks printed and drew, and that the README's sections are guides.
 
 The build executes the notebooks of colabs/ unless docs/notebooks/ already holds
 them executed from the same inputs (see docs/generate.py): from a fresh clone it
-takes a few minutes on a 2-core CPU.
+takes a few minutes on a 2-core CPU. They are executed first, by the
+``executed_notebooks`` fixture that tests/test_notebooks.py shares, so that they
+run once for both files.
 """
 
 import dataclasses
@@ -74,7 +76,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, executed_notebooks):
     out = tmp_path_factory.mktemp("docs") / "html"
     start = time.monotonic()
     proc = subprocess.run(

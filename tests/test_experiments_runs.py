@@ -1,7 +1,10 @@
 """One training run of an experiment (lnjax.experiments.runs): its identity, the curves'
 fixed subsets."""
 
+import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
 from lnjax import data
 from lnjax.experiments import runs, settings
@@ -44,3 +47,21 @@ def test_identity_names_what_changes_the_run_and_nothing_else():
     assert "curves" not in runs.identity(run, base, toy(64))
     assert runs.identity(run, settings.Settings(evals_per_epoch=2), toy(64))["curves"] == [
         settings.EVAL_EXAMPLES, 2]
+
+
+def test_with_hyperparams_sets_values_in_their_dtype_and_refuses_unknown_names():
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=np.asarray(0.1, np.float32),
+                                             momentum=np.asarray(0.0, np.float32))
+    state = runs.with_hyperparams(tx.init(jnp.zeros(2)), {"learning_rate": 2})
+    assert float(state.hyperparams["learning_rate"]) == 2.0
+    assert state.hyperparams["learning_rate"].dtype == jnp.float32
+    assert float(state.hyperparams["momentum"]) == 0.0
+    with pytest.raises(ValueError, match=r"no hyperparameter \['lr'\]"):
+        runs.with_hyperparams(tx.init(jnp.zeros(2)), {"lr": 0.1})
+    with pytest.raises(ValueError, match="holds no hyperparameters"):
+        runs.with_hyperparams(optax.sgd(0.1).init(jnp.zeros(2)), {"learning_rate": 0.1})
+
+
+def test_shared_makes_one_object_per_arguments():
+    assert runs.shared(optax.adam, 1e-3) is runs.shared(optax.adam, 1e-3)
+    assert runs.shared(optax.adam, 1e-3) is not runs.shared(optax.adam, 2e-3)

@@ -15,10 +15,12 @@ too.) Store the notebook without outputs: if it was run, ``jupytext --to ipynb
 colabs/0N_name.py`` rewrites it from the ``.py`` alone. A new notebook needs the same
 header as the others (``formats: ipynb,py:percent``) and an entry in ``NOTEBOOKS``.
 
-The runs use small generated MNIST-format IDX files and tiny sizes. The notebooks know
-nothing of this: each has one cell tagged ``parameters`` (papermill's convention) with
-the settings a reader changes, and the test inserts a cell tagged
-``injected-parameters`` right after it that overrides some of them (``TINY`` below).
+The notebooks run as the docs build runs them (docs/generate.py: the data set found on
+the machine, else small synthetic IDX files; small sizes), once for this file and
+tests/test_docs.py. The notebooks know nothing of this: each has one cell tagged
+``parameters`` (papermill's convention) with the settings a reader changes, and the
+build inserts a cell tagged ``injected-parameters`` right after it that overrides some
+of them (``NOTEBOOK_SETTINGS`` in docs/conf.py).
 """
 
 import ast
@@ -26,29 +28,25 @@ import atexit
 import builtins
 import importlib.metadata
 import importlib.util
-import os
 import re
 import site
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 _NOTEBOOKS = ("the notebooks extra is not installed: pip install 'lnjax[notebooks]' "
               "(make test installs it)")
 nbformat = pytest.importorskip("nbformat", reason=_NOTEBOOKS)
 nbclient = pytest.importorskip("nbclient", reason=_NOTEBOOKS)
-ipykernel_spec = pytest.importorskip("ipykernel.kernelspec", reason=_NOTEBOOKS)
+pytest.importorskip("ipykernel.kernelspec", reason=_NOTEBOOKS)
 jupytext = pytest.importorskip("jupytext", reason=_NOTEBOOKS)
 inputtransformer2 = pytest.importorskip("IPython.core.inputtransformer2", reason=_NOTEBOOKS)
 interactiveshell = pytest.importorskip("IPython.core.interactiveshell", reason=_NOTEBOOKS)
 traitlets_config = pytest.importorskip("traitlets.config", reason=_NOTEBOOKS)
 
-from lnjax import parallel  # noqa: E402
-from tests.helpers import idx_bytes, write  # noqa: E402
+from tests.helpers import docs_conf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLABS = ROOT / "colabs"
@@ -56,26 +54,11 @@ NOTEBOOKS = ("01_layer_norm.ipynb", "02_permutation_invariant_mnist.ipynb", "03_
              "04_benchmarks.ipynb", "05_transformer.ipynb")
 PAIRING = "ipynb,py:percent"
 NOTEBOOK_SECONDS = 180  # each notebook, kernel start included
-KERNEL = "lnjax-notebook-test"
-N_TRAIN = 5_200  # "train" is all but the last 5,000 of the training file
-N_TEST = 200
-DATA_DIR = "<the generated IDX folder>"  # replaced by the fixture's folder
-# What each run overrides in the notebook's parameters cell: tiny sizes, seconds each.
-TINY = {
-    "01_layer_norm.ipynb": {},
-    "02_permutation_invariant_mnist.ipynb": {
-        "DATA_DIR": DATA_DIR, "N_TRAIN": 200, "HIDDEN": (32, 32), "EPOCHS": 2},
-    "03_ln_lstm.ipynb": {
-        "DATA_DIR": DATA_DIR, "HIDDEN": 16, "BATCH": 16, "N_TRAIN": 80, "EPOCHS": 1,
-        "N_TEST": 100, "N_PROBE": 32},
-    "04_benchmarks.ipynb": {
-        "SHAPES": "tiny", "CASES": ["ln_fb", "rms_fb", "ln_fwd", "ln_memory"]},
-    "05_transformer.ipynb": {
-        "DATA_DIR": DATA_DIR, "LAYERS": 1, "WIDTH": 16, "HEADS": 2, "MLP_DIM": 32, "BATCH": 32,
-        "N_TRAIN": 128, "EPOCHS": 2, "WARMUP_STEPS": 4, "N_EVAL": 64},
-}
+# What the docs build (and so this file's run of them) overrides in each notebook's
+# parameters cell: small sizes, seconds each.
+SETTINGS = docs_conf().NOTEBOOK_SETTINGS
 # Words that belong to the tests, not to a notebook.
-TEST_WORDS = ("LNJAX_NOTEBOOK", "tests/", "pytest", "test_notebooks", "TINY",
+TEST_WORDS = ("LNJAX_NOTEBOOK", "tests/", "pytest", "test_notebooks", "NOTEBOOK_SETTINGS",
               "injected-parameters")
 
 
@@ -106,7 +89,7 @@ def test_the_notebooks_are_all_there():
     # Each with its source, and no other Python file (no generator script).
     assert sorted(p.name for p in COLABS.glob("*.py")) == [
         _source_path(n).name for n in NOTEBOOKS]
-    assert set(TINY) == set(NOTEBOOKS)
+    assert set(SETTINGS) == set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -280,7 +263,7 @@ def test_one_flag_cell_for_the_full_size_run(name):
 
 
 def test_no_parameters_cell_where_nothing_is_set():
-    assert TINY[NOTEBOOKS[0]] == {}
+    assert SETTINGS[NOTEBOOKS[0]] == {}
     assert _parameters_cells(_read(NOTEBOOKS[0])) == []
 
 
@@ -293,82 +276,43 @@ def test_the_test_settings_stay_out_of_the_notebook(name):
         if cell.cell_type == "code":  # no settings from the environment
             assert "environ" not in cell.source and "getenv" not in cell.source, cell.source[:60]
     # What a run overrides are parameters the parameters cell assigns.
-    if TINY[name]:
+    if SETTINGS[name]:
         [parameters] = _parameters_cells(nb)
         assigned = {t.id for node in ast.walk(ast.parse(parameters.source))
                     if isinstance(node, ast.Assign) for target in node.targets
                     for t in ast.walk(target) if isinstance(t, ast.Name)}
-        assert set(TINY[name]) <= assigned, set(TINY[name]) - assigned
+        assert set(SETTINGS[name]) <= assigned, set(SETTINGS[name]) - assigned
 
 
 # --------------------------------------------------------------------------
-# Running them.
+# Running them: as the docs build does (docs/generate.py, with docs/conf.py's
+# NOTEBOOK_SETTINGS), once for this file and tests/test_docs.py (the
+# ``executed_notebooks`` fixture of conftest.py).
 # --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def idx_folder(tmp_path_factory):
-    """A small MNIST-format data set: 5,200 training and 200 test examples, gzipped."""
-    folder = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for part, n in (("train", N_TRAIN), ("t10k", N_TEST)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        images[:, :3] = 0  # blank rows, as in MNIST
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        write(folder / f"{part}-images-idx3-ubyte", idx_bytes(images, 2051), gz=True)
-        write(folder / f"{part}-labels-idx1-ubyte", idx_bytes(labels, 2049), gz=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def kernel_dir(tmp_path_factory):
-    """A Jupyter path with a kernel that runs this Python (the venv's), whatever else is
-    installed in the user's Jupyter folders."""
-    root = tmp_path_factory.mktemp("jupyter")
-    ipykernel_spec.write_kernel_spec(root / "kernels" / KERNEL)
-    return root
-
-
-def _kernel_env():
-    env = dict(os.environ)
-    # As a user's kernel: one CPU device (conftest.py asks for eight in this process) and
-    # matplotlib's inline backend.
-    env["XLA_FLAGS"] = parallel.host_device_flags(None)
-    env.pop("MPLBACKEND", None)
-    return env
-
-
-def _inject(nb, settings):
-    """Inserts, right after the parameters cell, a cell that assigns ``settings``."""
-    if not settings:
-        return
-    [parameters] = _parameters_cells(nb)
-    source = "\n".join(f"{key} = {value!r}" for key, value in settings.items())
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    nb.cells.insert(nb.cells.index(parameters) + 1, cell)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_and_draws(name, idx_folder, kernel_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
-    settings = {k: str(idx_folder) if v == DATA_DIR else v for k, v in TINY[name].items()}
-    nb = _read(name)
-    _inject(nb, settings)
-    # At the end: the values the notebook ran with, and the kernel's Python.
-    nb.cells.append(nbformat.v4.new_code_cell(f"print(repr([{', '.join(settings)}]))"))
-    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
-    deadline = time.monotonic() + NOTEBOOK_SECONDS
-    client = nbclient.NotebookClient(
-        nb, kernel_name=KERNEL, startup_timeout=120,
-        timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
-        resources={"metadata": {"path": str(tmp_path)}})  # the kernel's working directory
-    start = time.monotonic()
-    client.execute(env=_kernel_env())  # raises on a cell's error or on timeout
-    seconds = time.monotonic() - start
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+def test_notebook_runs_and_draws(name, executed_notebooks):
+    folder, settings, stamps = executed_notebooks
+    nb = nbformat.read(folder / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    assert all(c.execution_count is not None for c in code), "a cell did not run"
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
-    assert nb.cells[-2].outputs[0].text.strip() == repr(list(settings.values()))
-    assert nb.cells[-1].outputs[0].text.strip() == sys.executable
-    assert seconds < NOTEBOOK_SECONDS
-    print(f"{name}: {seconds:.0f} s")
+    # It ran with the settings given, right after its parameters cell, and its own cells
+    # are the notebook's as written.
+    injected = [c for c in code if "injected-parameters" in c.metadata.get("tags", ())]
+    if settings[name]:
+        [cell] = injected
+        assert code.index(cell) == code.index(_parameters_cells(nb)[0]) + 1
+        assigned = {}
+        exec(cell.source, {}, assigned)
+        assert {k: assigned[k] for k in settings[name]} == settings[name]
+    else:
+        assert injected == []
+    assert _cells(nbformat.v4.new_notebook(cells=[c for c in nb.cells if c not in injected
+                                                  and "docs-settings" not in
+                                                  c.metadata.get("tags", ())])) == _cells(
+        _read(name))
+    assert stamps[name]["seconds"] < NOTEBOOK_SECONDS

@@ -1,6 +1,8 @@
 """lnjax.steps: batches (one shuffled epoch stacked for a lax.scan), the losses, dropout's
 RNG streams and NNX models in the steps."""
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -241,3 +243,43 @@ def test_nnx_adapter_errors():
         steps.nnx_module(linen)
     with pytest.raises(TypeError, match="expected a flax.nnx.Module"):
         steps.NNXModel(Dense())
+
+
+class Wide(nn.Module):
+    """A module whose field is a list: not hashable."""
+
+    widths: list
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        return nn.Dense(self.widths[-1])(x)
+
+
+def test_states_of_equal_models_share_the_compiled_steps(caplog):
+    """jit keys its cache on the state's static fields: equal models (and one tx object) give
+    equal ones, another model does not; a module that cannot be hashed compares by identity."""
+    tx = optax.sgd(0.1)
+
+    def state(model, seed=0):
+        return steps.create_train_state(model, tx, X[:1], seed=seed)
+
+    structure = jax.tree.structure
+    a, b = state(Dense(), 0), state(Dense(), 1)
+    assert a.apply_fn == b.apply_fn and hash(a.apply_fn) == hash(b.apply_fn)
+    assert structure(a) == structure(b)
+    assert structure(a) != structure(state(Dense(out=4)))
+    assert structure(a) != structure(steps.create_train_state(Dense(), optax.sgd(0.1), X[:1],
+                                                              seed=0))  # another tx
+    model = Wide([3])
+    assert state(model).apply_fn == state(model).apply_fn != state(Wide([3])).apply_fn
+    # apply_fn is the model's apply.
+    np.testing.assert_array_equal(a.apply_fn({"params": a.params}, X, train=False),
+                                  Dense().apply({"params": a.params}, X, train=False))
+    # One compilation for the epochs of two equal models (a shape no other test uses).
+    xb, yb = X[None, :5], LABELS[None, :5]
+    with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
+        steps.train_epoch(state(Dense(out=5)), xb, yb)
+        steps.train_epoch(state(Dense(out=5), 1), xb, yb)
+    compiled = [r for r in caplog.records
+                if r.getMessage().startswith("Compiling jit(_train_epoch)")]
+    assert len(compiled) == 1

@@ -2,6 +2,7 @@
 norm, the verdict on fed-in results, and a tiny end-to-end run on IDX files the test writes."""
 
 import json
+import logging
 import math
 
 import flax.linen as nn
@@ -221,13 +222,19 @@ def read_results(out):
         return json.load(f)
 
 
-def test_end_to_end_and_resume(mnist, tmp_path, capsys):
+def test_end_to_end_and_resume(mnist, tmp_path, capsys, caplog):
     out = tmp_path / "tx"
     base = ["--dataset", "mnist", *mnist.flags, *TINY, "--batch-sizes", "32",
             "--lr", "3e-3", "--warmup-steps", "4", "--out", str(out), "--no-progress",
             "--train-examples", str(N_TRAIN), "--devices", "1"]
-    first = transformer.main(base + ["--epochs", "2"])
+    with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
+        first = transformer.main(base + ["--epochs", "2"])
     printed = capsys.readouterr().out
+    # Eight methods, four networks: the warm-up variants share their network's compiled
+    # epoch (one per network and scan length).
+    compiled = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("Compiling jit(_train_epoch)")]
+    assert len(compiled) <= 4, compiled
     assert "| pre_rms_warmup | 32 |" in printed and "Xiong et al. (2020)" in printed
     on_disk = read_results(out)
     assert on_disk["experiment"] == "transformer"

@@ -95,7 +95,7 @@ from lnjax import linen as lnn
 from lnjax import parallel
 from lnjax.experiments import driver, plots, tables
 from lnjax.experiments.results import first_seed, mean_history, seed_histories, seeds_of
-from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.runs import Run, fit_run, shared
 from lnjax.experiments.settings import Flag, Settings, SettingsError, comma_list, document
 
 METHODS = ("none", "batchnorm", "batchrenorm", "layernorm", "groupnorm", "batchnorm_sync")
@@ -327,7 +327,7 @@ def run(method: str, batch_size: int, splits: dict, settings: ConvNetSettings | 
     where = f"/{n} devices" if n > 1 else ""
     one = Run(method, batch_size, s.seed if seed is None else seed, model_config=setting,
               label=f"{LABELS[method]:>14} bs={batch_size}{where}")
-    history = fit_run(model, optax.adam(s.lr), splits, one, s, mesh=mesh if n > 1 else None,
+    history = fit_run(model, shared(optax.adam, s.lr), splits, one, s, mesh=mesh if n > 1 else None,
                       takes_mask=True)
     return {**history, "devices": n}
 

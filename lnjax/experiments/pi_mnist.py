@@ -40,7 +40,7 @@ import optax
 from lnjax import linen as lnn
 from lnjax.experiments import driver, plots, tables
 from lnjax.experiments.results import batch_sizes, seed_histories
-from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.runs import Run, fit_run, shared
 from lnjax.experiments.settings import Flag, Settings, comma_list, document, positive
 
 METHODS = ("baseline", "batchnorm", "layernorm")
@@ -141,7 +141,7 @@ def run(method: str, batch_size: int, splits: dict, settings: PiMnistSettings | 
                 axis_name=parallel.AXIS if sync else None)
     one = Run(method, batch_size, s.seed if seed is None else seed,
               model_config=list(s.hidden), label=f"{LABELS[method]:>9} bs={batch_size:<3}")
-    return fit_run(model, optax.adam(s.lr), splits, one, s, mesh=mesh, takes_mask=True)
+    return fit_run(model, shared(optax.adam, s.lr), splits, one, s, mesh=mesh, takes_mask=True)
 
 
 def plot(results: dict, path: str) -> None:

@@ -9,18 +9,22 @@ learning rate, epochs, curves, output folder); :func:`fit_run` trains it with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
 from lnjax.experiments.settings import EVAL_EXAMPLES, EVALS_PER_EPOCH, Settings
 
-__all__ = ["SUBSET_SEED", "Run", "config_key", "eval_subset", "fit_run", "identity", "run_name"]
+__all__ = ["SUBSET_SEED", "Run", "config_key", "eval_subset", "fit_run", "identity", "run_name",
+           "shared", "with_hyperparams"]
+
+T = TypeVar("T")
 
 SUBSET_SEED = 0
 """The seed that draws the curves' subsets: the same for every run, seed and epoch."""
@@ -44,6 +48,54 @@ class Run:
     seed: int
     model_config: Any = None
     label: str = "train"
+
+
+@functools.cache
+def shared(factory: Callable[..., T], *args: Hashable) -> T:
+    """``factory(*args)``, made once per process and then returned again.
+
+    The optimizer of a run is a static part of its train state: two runs share
+    the compiled steps only when they are given the same optimizer object (and
+    equal models, see :class:`lnjax.training.TrainState`). The experiments make
+    theirs with ``shared(optax.adam, lr)``, so the seeds of a method (and, with
+    the settings that differ held in the optimizer's state, see
+    :func:`with_hyperparams`, the variants of a network) compile once.
+
+    Example:
+      >>> import optax
+      >>> shared(optax.adam, 1e-3) is shared(optax.adam, 1e-3) is not shared(optax.adam, 1e-2)
+      True
+    """
+    return factory(*args)
+
+
+def with_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
+    """``opt_state`` of an ``optax.inject_hyperparams`` optimizer with ``values`` in place
+    of the hyperparameters of those names (each converted to the dtype it had).
+
+    Raises:
+      ValueError: ``opt_state`` holds no hyperparameters, or not one of ``values``' names.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+      >>> state = with_hyperparams(tx.init(jnp.zeros(2)), {"learning_rate": 0.5})
+      >>> float(state.hyperparams["learning_rate"])
+      0.5
+    """
+    held = getattr(opt_state, "hyperparams", None)
+    if not isinstance(held, Mapping):
+        raise ValueError("with_hyperparams: the optimizer's state holds no hyperparameters "
+                         "(make it with optax.inject_hyperparams).")
+    unknown = sorted(set(values) - set(held))
+    if unknown:
+        raise ValueError(f"with_hyperparams: the optimizer has no hyperparameter {unknown} "
+                         f"(it has {sorted(held)}).")
+    import jax.numpy as jnp
+
+    new = {k: jnp.asarray(values[k], dtype=v.dtype) if k in values else v
+           for k, v in held.items()}
+    return opt_state._replace(hyperparams=new)
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -97,7 +149,8 @@ def identity(run: Run, settings: Settings, train: Any) -> dict[str, Any]:
 
 
 def fit_run(model: Any, tx: Any, splits: Mapping[str, Any], run: Run, settings: Settings, *,
-            mesh: Any = None, takes_mask: bool = False) -> dict:
+            mesh: Any = None, takes_mask: bool = False,
+            hyperparams: Mapping[str, Any] | None = None) -> dict:
     """Trains ``model`` with ``tx`` from ``run.seed`` on ``splits["train"]``; returns the
     history of :func:`lnjax.training.fit`.
 
@@ -119,12 +172,17 @@ def fit_run(model: Any, tx: Any, splits: Mapping[str, Any], run: Run, settings: 
       mesh: a data-parallel mesh (``None``: one device).
       takes_mask: the model's ``__call__`` takes ``mask=`` (see
         :func:`lnjax.training.create_train_state`).
+      hyperparams: this run's values of hyperparameters held in ``tx``'s state
+        (:func:`with_hyperparams`): runs that differ in these only share the
+        compiled steps when given the same ``tx`` object (:func:`shared`).
     """
     from lnjax import training
 
     train, val, test = splits["train"], splits["validation"], splits["test"]
     state = training.create_train_state(model, tx, train.images[:1], seed=run.seed,
                                         takes_mask=takes_mask)
+    if hyperparams:
+        state = state.replace(opt_state=with_hyperparams(state.opt_state, hyperparams))
     name = run_name(run.method, run.batch_size, identity(run, settings, train))
     ckpt = os.path.join(settings.out, "checkpoints", name)
     logdir = None

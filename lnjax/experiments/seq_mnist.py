@@ -32,7 +32,7 @@ import optax
 from lnjax import linen as lnn
 from lnjax.experiments import driver, plots, tables
 from lnjax.experiments.results import batch_sizes, seed_histories
-from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.runs import Run, fit_run, shared
 from lnjax.experiments.settings import Flag, Settings, document, positive
 
 METHODS = ("lstm", "ln_lstm", "gru", "ln_gru")
@@ -86,6 +86,11 @@ class SeqMnistSettings(Settings):
     hidden: Annotated[int, Flag("recurrent units", parse=int, check=positive)] = 128
 
 
+def clipped_adam(lr: float) -> optax.GradientTransformation:
+    """Adam at rate ``lr`` after clipping the gradient's global norm to 1."""
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+
+
 def run(method: str, batch_size: int, splits: dict, settings: SeqMnistSettings | None = None, *,
         seed: int | None = None, mesh: Any = None, **changes: Any) -> dict:
     """Trains one (method, batch size) and returns its history (see :func:`training.fit`).
@@ -104,7 +109,7 @@ def run(method: str, batch_size: int, splits: dict, settings: SeqMnistSettings |
     model = RowClassifier(method=method, hidden=s.hidden)
     splits = {k: standardize(splits[k], splits["train"])
               for k in ("train", "validation", "test")}
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(s.lr))
+    tx = shared(clipped_adam, s.lr)
     one = Run(method, batch_size, s.seed if seed is None else seed, model_config=s.hidden,
               label=f"{LABELS[method]:>7} bs={batch_size:<3}")
     return fit_run(model, tx, splits, one, s, mesh=mesh)

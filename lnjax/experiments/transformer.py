@@ -68,7 +68,7 @@ import optax
 from lnjax import linen as lnn
 from lnjax.experiments import driver, plots, tables
 from lnjax.experiments.results import batch_sizes, mean_history, seed_histories
-from lnjax.experiments.runs import Run, fit_run
+from lnjax.experiments.runs import Run, fit_run, shared
 from lnjax.experiments.settings import Flag, Settings, SettingsError, document, positive
 
 NORMS = ("post_ln", "pre_ln", "pre_rms", "none")
@@ -232,12 +232,31 @@ class TransformerSettings(Settings):
             raise SettingsError(f"--heads ({self.heads}) must divide --width ({self.width})")
 
 
-def schedule(lr: float, warmup_steps: int) -> optax.Schedule:
+def schedule(lr: Any, warmup_steps: Any) -> optax.Schedule:
     """The learning rate: linear from 0 to ``lr`` over ``warmup_steps``, then ``lr``
-    (``warmup_steps=0``: ``lr`` from the first step)."""
-    if warmup_steps == 0:
-        return optax.constant_schedule(lr)
-    return optax.linear_schedule(0.0, lr, warmup_steps)
+    (``warmup_steps=0``: ``lr`` from the first step). Either may be a traced array (the
+    values :func:`optimizer` holds in its state)."""
+    def rate(count: Any) -> Any:
+        ramp = jnp.clip(count / jnp.maximum(warmup_steps, 1), 0.0, 1.0)
+        return lr * jnp.where(jnp.asarray(warmup_steps) > 0, ramp, 1.0)
+    return rate
+
+
+def _adam_with_warmup(learning_rate: Any, warmup_steps: Any) -> optax.GradientTransformation:
+    return optax.adam(schedule(learning_rate, warmup_steps))
+
+
+def optimizer() -> optax.GradientTransformation:
+    """Adam with :func:`schedule`, its peak rate ``learning_rate`` and ``warmup_steps`` held
+    in its state (``optax.inject_hyperparams``): one object per process, so the eight
+    methods' runs compile one step per normalization, whatever their warm-up, rate or seed
+    (:func:`lnjax.experiments.runs.with_hyperparams` sets a run's values)."""
+    return shared(_make_optimizer)
+
+
+def _make_optimizer() -> optax.GradientTransformation:
+    return optax.inject_hyperparams(_adam_with_warmup)(learning_rate=np.asarray(0.0, np.float32),
+                                                       warmup_steps=np.asarray(0, np.int32))
 
 
 def run(method: str, batch_size: int, splits: dict,
@@ -248,6 +267,9 @@ def run(method: str, batch_size: int, splits: dict,
     ``method`` is a normalization of :data:`NORMS`, with the suffix ``_warmup``
     for a linear warm-up over ``settings.warmup_steps`` (:func:`schedule`);
     without it Adam takes the peak rate ``settings.lr`` from the first step.
+    Every run of a process is given the same :func:`optimizer` (the warm-up and
+    rate in its state) and an equal model for equal settings, so the runs of
+    one normalization share their compiled steps.
 
     Args:
       method: one of :data:`METHODS`.
@@ -263,12 +285,14 @@ def run(method: str, batch_size: int, splits: dict,
     model = PatchTransformer(norm, layers=s.layers, width=s.width, heads=s.heads,
                              mlp_dim=s.mlp_dim)
     warmup = s.warmup_steps if warm else 0
-    tx = optax.adam(schedule(s.lr, warmup))
+    # "optimizer" names the optimizer's state layout: checkpoints of the earlier layout
+    # (the schedule outside the state) are not restored into this one.
     config = {"layers": s.layers, "width": s.width, "heads": s.heads, "mlp_dim": s.mlp_dim,
-              "warmup_steps": warmup}
+              "warmup_steps": warmup, "optimizer": "adam, warm-up in its state"}
     one = Run(method, batch_size, s.seed if seed is None else seed, model_config=config,
               label=f"{label(method):>24} bs={batch_size:<3}")
-    return fit_run(model, tx, splits, one, s, mesh=mesh)
+    return fit_run(model, optimizer(), splits, one, s, mesh=mesh,
+                   hyperparams={"learning_rate": s.lr, "warmup_steps": warmup})
 
 
 CHANCE_ERROR = 0.9  # the test error of guessing among the 10 classes
