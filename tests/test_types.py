@@ -2,8 +2,9 @@
 ``[tool.mypy]``), and those settings do catch errors: lnjax ships ``py.typed``, so its
 annotations are what its users' type checkers see.
 
-Each mypy run starts from an empty cache, as on a fresh machine: about 8 s each on the
-2-core machine (0.2 s with a warm cache)."""
+One mypy run (from an empty cache, as on a fresh machine) checks the package and a probe
+file with deliberate errors together: the package must have no error, the probe exactly
+its own."""
 
 import pathlib
 import re
@@ -23,13 +24,6 @@ def _mypy(*args: str, cache_dir: pathlib.Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--cache-dir", str(cache_dir), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def test_package_type_checks(tmp_path):
-    """``python -m mypy`` (the package, as ``make lint`` runs it) finds no error."""
-    r = _mypy(cache_dir=tmp_path / "cache")
-    out = r.stdout + r.stderr
-    assert r.returncode == 0 and "Success" in r.stdout, f"mypy failed:\n{out}"
 
 
 # Each line marked `# E: CODE` must be reported with that error code, and nothing else.
@@ -57,16 +51,37 @@ z = 1  # type: ignore[misc]  # E: unused-ignore
 '''
 
 
-def test_settings_catch_errors(tmp_path):
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    """``(probe, result)``: ``python -m mypy lnjax PROBE`` with the project's settings."""
+    folder = tmp_path_factory.mktemp("mypy")
+    probe = folder / "probe.py"
+    probe.write_text(PROBE)
+    return probe, _mypy("lnjax", str(probe), cache_dir=folder / "cache")
+
+
+def _errors(stdout):
+    """``(file, line, code)`` of each error mypy reported."""
+    return {(pathlib.Path(f).name, int(line), code) for f, line, code in
+            re.findall(r"^(.+?):(\d+): error: .*\[([a-z-]+)\]$", stdout, flags=re.M)}
+
+
+def test_package_type_checks(checked):
+    """The package (``python -m mypy``, as ``make lint`` runs it) has no error."""
+    probe, r = checked
+    out = r.stdout + r.stderr
+    assert "errors prevented further checking" not in out, out
+    assert not [e for e in _errors(r.stdout) if e[0] != probe.name], f"mypy on lnjax:\n{out}"
+    assert re.search(r"in 1 file \(checked \d+ source files\)", r.stdout), out
+
+
+def test_settings_catch_errors(checked):
     """The same settings on a small file with deliberate errors report exactly those:
     lnjax's annotations are seen (not ``Any``), and the strictness settings apply."""
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    r = _mypy(str(probe), cache_dir=tmp_path / "cache")
+    probe, r = checked
     out = r.stdout + r.stderr
-    expected = {(i, m.group(1)) for i, line in enumerate(PROBE.splitlines(), 1)
+    expected = {(probe.name, i, m.group(1)) for i, line in enumerate(PROBE.splitlines(), 1)
                 if (m := re.search(r"# E: ([a-z-]+)$", line))}
-    found = {(int(line), code) for line, code in
-             re.findall(r"probe\.py:(\d+): error: .*\[([a-z-]+)\]$", r.stdout, flags=re.M)}
     assert r.returncode == 1, f"mypy should have failed on the probe:\n{out}"
+    found = {e for e in _errors(r.stdout) if e[0] == probe.name}
     assert found == expected, f"expected errors {sorted(expected)}, got {sorted(found)}:\n{out}"
