@@ -14,7 +14,7 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e ".[$*]"
 	touch $@
 
-# The demo's settings: within 10 minutes on a 2-core CPU (see README).
+# The demo's settings: within 10 minutes on a 2-core CPU (see docs/guides/experiments.md).
 DEMO_FLAGS ?= --epochs 3 --train-examples 12000 --seeds 3 --out runs/demo
 
 ## demo: the main job: the paper's permutation-invariant MNIST (Figure 6) on real data.

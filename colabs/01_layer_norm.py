@@ -166,7 +166,7 @@ display(Markdown(format_table(table)))
 # `E[(x − E[x])²]` (`use_fast_variance=False`) is much better, but still loses
 # digits, because the mean itself is rounded to f32 before it is subtracted. lnjax
 # subtracts a rough mean first and computes the statistics of what is left (see the
-# README's *How lnjax computes the statistics*).
+# guide *The equations*, section *How lnjax computes the statistics*).
 #
 # Below: rows of values with standard deviation 1 around an offset `10^k`, in f32,
 # normalized by each implementation (`ε = 1e-6`, gain 1, bias 0) and compared with

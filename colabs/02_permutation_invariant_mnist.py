@@ -189,5 +189,5 @@ display(Markdown("\n".join(lines)))
 # the same comparison for this run: compare how far each method's training NLL moves
 # between the two batch sizes. The test errors of the default small run, a few epochs
 # on a few thousand examples, are noisy; with `FULL = True` (or
-# `python -m lnjax.experiments.pi_mnist`) the run has the paper's size, and the README
-# reports such a run.
+# `python -m lnjax.experiments.pi_mnist`) the run has the paper's size, and the guide
+# *Experiments* reports a shorter run of the command.

@@ -115,7 +115,7 @@ print(f"lnjax {lnjax.__version__}, jax {jax.__version__}, backend {jax.default_b
 #
 # The pixels are standardized with the training set's mean and standard deviation
 # (`standardize`): a layer-normalized recurrence that reads blank rows of exact zeros
-# from a zero state would normalize zero vectors (see the README's *Known limits*).
+# from a zero state would normalize zero vectors (see the guide *Known limits*).
 
 # %%
 if "google.colab" in sys.modules and DATA_DIR is None:
@@ -328,4 +328,4 @@ for (method, stage), s in stats.items():
 #
 # This is one seed and a few dozen steps: it shows the mechanism, not the size of the
 # effect over a whole training run. With `FULL = True` the networks train for two
-# epochs; the README reports the accuracies of such a run.
+# epochs; the guide *Experiments* reports the accuracies of such a run.

@@ -270,5 +270,5 @@ display(Markdown("\n".join(transformer.verdict(results))))
 # learning rate this high, does it leave the loss of guessing (ln 10 ≈ 2.30)? The
 # verdict above is computed from this run's numbers, not written in advance. These
 # runs are short (one seed, a hundred or two steps): differences of a point or two in
-# test error between the other runs are within the noise of such runs. The README
-# reports the command line's default run.
+# test error between the other runs are within the noise of such runs. The guide
+# *Experiments* reports the command line's default run.

@@ -1,10 +1,10 @@
 """Sphinx configuration of lnjax's documentation (``make docs``).
 
 Sphinx + autodoc + napoleon (Google-style docstrings) + MyST-NB, with the
-sphinx-book-theme, as flax and optax build theirs. Before Sphinx reads the
-sources, :func:`generate.generate` (``docs/generate.py``) writes the guides cut
-from README.md (``docs/guides/``) and the notebooks of ``colabs/`` executed with
-the small settings below (``docs/notebooks/``); both folders are git-ignored.
+sphinx-book-theme, as flax and optax build theirs. The guides (``docs/guides/``)
+are written by hand. Before Sphinx reads the sources, :func:`generate.generate`
+(``docs/generate.py``) writes the notebooks of ``colabs/`` executed with the small
+settings below (``docs/notebooks/``, git-ignored).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ root_doc = "index"
 exclude_patterns = [
     "_build",
     "**.ipynb_checkpoints",
-    "_generated",  # index.md's includes, the notebooks' stamps, synthetic data
+    "_generated",  # the notebooks' stamps, synthetic data
     "notebooks/*.tmp",
 ]
 templates_path: list[str] = []

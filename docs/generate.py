@@ -1,21 +1,16 @@
-"""The docs' build step: pages made from README.md and from the notebooks in colabs/.
+"""The docs' build step: the notebooks of colabs/, executed.
 
 ``docs/conf.py`` runs :func:`generate` when Sphinx starts (``builder-inited``);
-``python docs/generate.py`` runs it alone. It writes (all git-ignored, brought up
-to date by every build):
+``python docs/generate.py`` runs it alone. It writes (git-ignored, brought up to date
+by every build):
 
-* ``docs/guides/<name>.md``: one page per ``## `` section of README.md, its headings
-  one level up, its links between sections pointing at the right page, its
-  images at ``docs/*.png`` and its links to ``colabs/*.ipynb`` at the rendered
-  notebooks. README.md itself is not changed.
-* ``docs/_generated/includes/intro.md`` (README's text before its first
-  section) and ``.../guides.md`` (the guides' toctree, in README's order),
-  included by ``index.md``.
 * ``docs/notebooks/0N_name.ipynb``: each notebook of colabs/, executed with small
   settings. The settings (``NOTEBOOK_SETTINGS`` in conf.py) go into one cell
   inserted right after the notebook's ``parameters`` cell, tagged
   ``remove-cell`` so that the page shows the notebook as written, with its
   outputs. The notebooks themselves know nothing of the docs.
+
+The guides, ``docs/guides/*.md``, are written by hand and are not generated.
 
 A notebook is executed again only when something it depends on changed: its
 source, its settings, the data it reads, this file, or a file of ``lnjax/`` or
@@ -40,153 +35,13 @@ from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
-GENERATED = DOCS / "_generated"  # includes of index.md, stamps, synthetic data
-GUIDES = DOCS / "guides"  # generated pages (git-ignored): docs/guides/<name>.md
+GENERATED = DOCS / "_generated"  # the notebooks' stamps, synthetic data
 NOTEBOOKS = DOCS / "notebooks"  # executed notebooks (git-ignored): docs/notebooks/0N_name.ipynb
-README = ROOT / "README.md"
 COLABS = ROOT / "colabs"
-
-# The sections of README.md that get no guide page.
-SKIP_SECTIONS = ("License",)
-
-_FENCE = re.compile(r"^\s*(```|~~~)")
-_LINK = re.compile(r"(!?)\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(([^)\s]+)\)")
-_SLUG_CLEAN = re.compile(r"[^\w\u4e00-\u9fff\- ]")
 
 
 def log(message: str) -> None:
     print(f"[lnjax docs] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------
-# README.md -> guide pages.
-# --------------------------------------------------------------------------
-
-
-def slugify(title: str) -> str:
-    """A heading's anchor as MyST makes it (``myst_heading_anchors``), GitHub's style."""
-    return _SLUG_CLEAN.sub("", title.strip().lower()).replace(" ", "-")
-
-
-def page_name(title: str) -> str:
-    """The guide's file name: the heading's slug without a leading ``the-``."""
-    slug = slugify(title.replace("`", ""))
-    return slug[len("the-"):] if slug.startswith("the-") else slug
-
-
-def split_sections(text: str) -> tuple[str, list[tuple[str, list[str]]]]:
-    """``(intro, [(title, lines), ...])``: README cut at its ``## `` headings outside code."""
-    intro: list[str] = []
-    sections: list[tuple[str, list[str]]] = []
-    fence = None
-    for line in text.splitlines():
-        m = _FENCE.match(line)
-        if m:
-            fence = None if fence == m.group(1) else (fence or m.group(1))
-        if fence is None and line.startswith("## "):
-            sections.append((line[3:].strip(), []))
-            continue
-        (sections[-1][1] if sections else intro).append(line)
-    # The intro starts after the document's title.
-    while intro and (not intro[0].strip() or intro[0].startswith("# ")):
-        intro.pop(0)
-    return "\n".join(intro).strip() + "\n", sections
-
-
-def _headings(lines: list[str]) -> list[str]:
-    """The ``### `` headings of a section, outside code."""
-    out, fence = [], None
-    for line in lines:
-        m = _FENCE.match(line)
-        if m:
-            fence = None if fence == m.group(1) else (fence or m.group(1))
-        elif fence is None and line.startswith("### "):
-            out.append(line[4:].strip())
-    return out
-
-
-def _rewrite(lines: list[str], page: str | None, anchors: Mapping[str, str],
-             depth: int) -> list[str]:
-    """Headings one level up (a section's ``##`` becomes the page title), and links fixed.
-
-    ``page`` is this page's name (None for an include of index.md); ``anchors``
-    maps every heading's slug to the page that holds it; ``depth`` is how deep the
-    written file lies below ``docs/``.
-    """
-    up = "../" * depth
-    out, fence = [], None
-
-    def link(m: re.Match) -> str:
-        bang, text, target = m.groups()
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
-            return m.group(0)
-        if bang:  # an image: README's paths are relative to the repository's root
-            if target.startswith("docs/"):
-                return f"![{text}]({up}{target[len('docs/'):]})"
-            return text
-        if target.startswith("#"):
-            slug = target[1:]
-            where = anchors.get(slug)
-            if where is None:
-                return text
-            if where == page:
-                return f"[{text}](#{slug})"
-            here = "guides/" if page is None else ""  # from index.md, or from a guide
-            return f"[{text}]({here}{where}.md#{slug})"
-        if target.startswith("colabs/") and target.endswith(".ipynb"):
-            return f"[{text}]({up}notebooks/{target[len('colabs/'):]})"
-        return text  # a file of the repository: no page of the docs
-
-    for line in lines:
-        m = _FENCE.match(line)
-        if m:
-            fence = None if fence == m.group(1) else (fence or m.group(1))
-            out.append(line)
-            continue
-        if fence is None:
-            if line.startswith("##"):
-                line = line[1:]
-            line = _LINK.sub(link, line)
-        out.append(line)
-    return out
-
-
-def write_if_changed(path: Path, text: str) -> None:
-    """Writes ``text`` unless the file holds it already (Sphinx rereads changed files only)."""
-    if path.exists() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def readme_guides(readme: Path = README, out: Path = GENERATED,
-                  guides: Path = GUIDES) -> list[str]:
-    """Writes the guide pages, the intro and the guides' toctree; returns the pages' names."""
-    intro, sections = split_sections(readme.read_text())
-    sections = [(t, lines) for t, lines in sections if t not in SKIP_SECTIONS]
-    anchors: dict[str, str] = {}
-    for title, lines in sections:
-        name = page_name(title)
-        for heading in [title, *_headings(lines)]:
-            anchors[slugify(heading)] = name
-    names = []
-    for title, lines in sections:
-        name = page_name(title)
-        body = _rewrite(lines, name, anchors, depth=1)
-        text = "\n".join([f"# {title}", *body]).rstrip() + "\n"
-        write_if_changed(guides / f"{name}.md", text)
-        names.append(name)
-    write_if_changed(out / "includes" / "intro.md",
-                     "\n".join(_rewrite(intro.splitlines(), None, anchors, depth=0)) + "\n")
-    toctree = ["```{toctree}", ":caption: Guides", ":maxdepth: 1", ""]
-    toctree += [f"guides/{n}" for n in names]
-    write_if_changed(out / "includes" / "guides.md", "\n".join([*toctree, "```"]) + "\n")
-    for stale in guides.glob("*.md"):
-        if stale.stem not in names:
-            stale.unlink()
-    return names
 
 
 # --------------------------------------------------------------------------
@@ -410,17 +265,15 @@ def _read(path: Path) -> Any:
 
 
 def generate(settings: Mapping[str, Mapping[str, Any]]) -> None:
-    """The README's guides and the executed notebooks."""
+    """The executed notebooks."""
     start = time.monotonic()
-    guides = readme_guides()
-    log(f"{len(guides)} guides from README.md")
     execute_notebooks(settings)
     log(f"generated in {time.monotonic() - start:.0f} s")
 
 
 def clean() -> None:
     """Removes everything this module writes."""
-    for folder in (GENERATED, GUIDES, NOTEBOOKS):
+    for folder in (GENERATED, NOTEBOOKS):
         shutil.rmtree(folder, ignore_errors=True)
 
 

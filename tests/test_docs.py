@@ -4,7 +4,9 @@ One build (the same command as ``make docs``, into a temporary folder) is shared
 by the tests below. It checks that the site has a page per public module holding
 every name of the module's ``__all__``, that the Linen and NNX modules and the
 recurrent specs document each of their fields, that the notebooks' pages show
-what the notebooks printed and drew, and that the README's sections are guides.
+what the notebooks printed and drew, and that each hand-written guide of
+docs/guides is a page of the Guides toctree whose tables, figures, equations and
+links work.
 
 The build executes the notebooks of colabs/ unless docs/notebooks/ already holds
 them executed from the same inputs (see docs/generate.py): from a fresh clone it
@@ -212,43 +214,89 @@ def test_notebook_pages_show_their_outputs(site, name):
         assert "FULL = False" in text
 
 
-def _readme_sections():
-    text = (ROOT / "README.md").read_text()
-    titles, fence = [], False
-    for line in text.splitlines():
-        if line.lstrip().startswith("```"):
-            fence = not fence
-        elif not fence and line.startswith("## "):
-            titles.append(line[3:].strip())
-    return titles
+GUIDES = [p.stem for p in sorted((DOCS / "guides").glob("*.md"))]
 
 
-def test_the_readme_sections_are_guides(site):
-    sys.path.insert(0, str(DOCS))
-    try:
-        import generate
-    finally:
-        sys.path.remove(str(DOCS))
+def _guide_title(name):
+    return (DOCS / "guides" / f"{name}.md").read_text().splitlines()[0].removeprefix("# ")
+
+
+def _article(site, path):
+    """The page's article: its own content, without the theme's navigation."""
+    page = site.page(path)
+    found = re.search(r"<article[^>]*>(.*)</article>", page, flags=re.S)
+    assert found, f"{path}: no <article>"
+    return found.group(1)
+
+
+def test_each_guide_is_a_page_of_the_guides_toctree_in_its_order(site):
     index = site.page("index.html")
-    titles = [t for t in _readme_sections() if t not in generate.SKIP_SECTIONS]
-    assert "Two commands" in titles and "Known limits" in titles
-    for title in titles:
-        path = f"guides/{generate.page_name(title)}.html"
+    order = re.findall(r"^(guides/[\w-]+)$", (DOCS / "index.md").read_text(), flags=re.M)
+    assert sorted(order) == sorted(f"guides/{g}" for g in GUIDES) and len(GUIDES) >= 6
+    for entry in order:
+        path = f"{entry}.html"
+        title = _guide_title(entry.removeprefix("guides/"))
         assert html.escape(title, quote=False) in site.page(path), path
         assert f'href="{path}"' in index, path
-    # README's images, its links between sections and to the notebooks work in the guides.
-    page = site.page("guides/two-commands.html")
-    assert re.search(r'<img[^>]+src="\.\./_images/pi_mnist_demo\.png"', page)
-    assert (site.out / "_images" / "pi_mnist_demo.png").exists()
-    assert 'href="speed.html#on-accelerators"' in site.page("guides/functional-api.html")
-    assert 'href="../notebooks/01_layer_norm.html"' in site.page("guides/notebooks.html")
+    linked = re.findall(r'href="(guides/[\w-]+)\.html"', _article(site, "index.html"))
+    assert list(dict.fromkeys(linked)) == order, "the landing page lists the guides in order"
+    assert order[0] == "guides/getting-started"
+
+
+@pytest.mark.parametrize("name", GUIDES)
+def test_a_guides_links_and_images_work_in_the_site(site, name):
+    """Every link of the guide's article reaches a file of the site (an anchor, an id of the
+    page it names); every image is a file of the site; every Markdown table is a table."""
+    path = site.out / "guides" / f"{name}.html"
+    article = _article(site, f"guides/{name}.html")
+    for href in re.findall(r'<a\s[^>]*href="([^"]*)"', article):
+        href = html.unescape(href)
+        if href.startswith(("http:", "https:", "mailto:")) or href in ("", "#"):
+            continue
+        target, _, anchor = href.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        assert file.exists(), f"guides/{name}.html: broken link {href}"
+        if anchor and file.suffix == ".html":
+            assert f'id="{anchor}"' in file.read_text(), f"guides/{name}.html: {href}"
+    for src in re.findall(r'<img[^>]+src="([^"]+)"', article):
+        assert not src.startswith(("http:", "https:", "//")), src
+        assert (path.parent / src).resolve().exists(), f"guides/{name}.html: image {src}"
+    assert not re.search(r"<p>\s*\|", article), f"guides/{name}.html: a table shown as pipe text"
+    assert "{func}" not in article and "{class}" not in article  # MyST roles were parsed
+
+
+def test_the_guides_show_what_they_link_to(site):
+    """The figures, the links between guides and API pages, the notebooks and the maths."""
+    experiments = _article(site, "guides/experiments.html")
+    for figure in ("pi_mnist_demo", "seq_mnist", "convnet", "transformer"):
+        assert re.search(rf'<img[^>]+src="\.\./_images/{figure}\.png"', experiments), figure
+        assert (site.out / "_images" / f"{figure}.png").exists()
+        assert re.search(rf'href="\.\./_downloads/[^"]*/{figure}\.pdf"', experiments), figure
+    assert experiments.count("<table") >= 5
+    started = _article(site, "guides/getting-started.html")
+    assert 'href="../api/lnjax.html#lnjax.layer_norm"' in started  # {func}`lnjax.layer_norm`
+    assert 'href="installation.html"' in started
+    speed = _article(site, "guides/speed-and-accuracy.html")
+    assert 'href="equations.html#how-lnjax-computes-the-statistics"' in speed
+    headers = {re.sub(r"<[^>]+>", "", h).strip()
+               for h in re.findall(r"<th[^>]*>(.*?)</th>", speed, flags=re.S)}
+    assert "flax / lnjax" in headers and not headers & {"met", "target"}  # results, no tracker
+    assert 'href="speed-and-accuracy.html#on-accelerators"' in _article(
+        site, "guides/functions-and-modules.html")
+    notebooks = _article(site, "guides/notebooks.html")
+    for name in NOTEBOOKS:
+        assert f'href="../notebooks/{name}.html"' in notebooks, name
+    equations = _article(site, "guides/equations.html")
+    assert equations.count('class="math') >= 4
+    assert r"\mathrm{LN}" in html.unescape(equations)
 
 
 def test_the_landing_page(site):
     index = site.page("index.html")
     text = site.text("index.html")
-    assert "Exact layer normalization for JAX and Flax" in text  # README's introduction
+    assert "Exact layer normalization for JAX and Flax" in text  # the introduction
     assert "lnjax.layer_norm(x" in text  # the short example
+    assert 'href="guides/getting-started.html"' in index
     for path in PAGES.values():
         assert f'href="{path}"' in index, path
     assert 'href="api/experiments.html"' in index

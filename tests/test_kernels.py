@@ -350,7 +350,7 @@ def test_one_export_carries_a_kernel_for_each_platform():
 
 
 def test_platform_defaults_are_xla_until_measured():
-    """No platform defaults to Pallas without a measurement on that hardware (README)."""
+    """No platform defaults to Pallas without a measurement on that hardware (docs/guides)."""
     assert set(kernels.DEFAULTS.values()) == {"xla"}
     assert kernels.kernel("cpu") is xla_cpu.row_norm
     assert kernels.kernel("cuda") is kernels.kernel("tpu") is xla.row_norm

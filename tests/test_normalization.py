@@ -525,8 +525,9 @@ def test_batch_norm_gradient_far_from_zero_matches_reference_gradient(offset):
 
 
 def test_batch_norm_nan_example_masked_out_keeps_outputs_but_not_that_features_gradients():
-    """What the README's known limit says: the mask keeps a NaN example out of the statistics
-    and the other outputs; the gradients of its feature are NaN all the same."""
+    """What the known limit says (docs/guides/known-limits.md): the mask keeps a NaN example
+    out of the statistics and the other outputs; the gradients of its feature are NaN all the
+    same."""
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     x[1, 3] = np.nan
     keep = np.ones((4, 1), bool)

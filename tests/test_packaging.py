@@ -129,7 +129,8 @@ def test_the_wheel_holds_the_package_and_its_py_typed_only(dists):
 def test_the_sdist_holds_the_project_with_a_complete_test_suite(dists):
     sdist, wheel = dists
     members = _sdist_members(sdist)
-    wanted = {"README.md", "LICENSE", "pyproject.toml", "MANIFEST.in", "Makefile"}
+    wanted = {"README.md", "CONTRIBUTING.md", "LICENSE", "pyproject.toml", "MANIFEST.in",
+              "Makefile"}
     for folder in ("lnjax", "tests", "colabs", "benchmarks", "docs"):
         wanted |= _source_files(folder)
     assert wanted <= members, sorted(wanted - members)

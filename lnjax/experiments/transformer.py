@@ -22,7 +22,7 @@ gradient clipping, dropout or weight decay (each would blur the effect).
 The default learning rate (:class:`TransformerSettings`) is set high enough for
 warm-up to matter at the default sizes: at lower rates post-LN may train
 without it, and the finding is then not tested. The runs' ``summary.md`` and
-the README report measured errors.
+the experiments guide (``docs/guides/experiments.md``) report measured errors.
 
 The verdict (:func:`verdict`, printed, appended to ``summary.md`` and stored as
 ``results.json``'s ``"verdict"``) is computed from the runs: a normalization
