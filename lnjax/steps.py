@@ -226,24 +226,22 @@ class _ModelApply:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.__self__.apply(*args, **kwargs)
 
-    def _key(self) -> Any:
+    def _hashable(self) -> bool:
         try:
-            return (type(self.__self__), hash(self.__self__))
+            hash(self.__self__)
         except TypeError:
-            return id(self.__self__)
+            return False
+        return True
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(self.__self__) if self._hashable() else id(self.__self__)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _ModelApply):
             return NotImplemented
-        if self.__self__ is other.__self__:
-            return True
-        if isinstance(self._key(), int) or isinstance(other._key(), int):
-            return False
-        return type(self.__self__) is type(other.__self__) and bool(
-            self.__self__ == other.__self__)
+        mine, theirs = self.__self__, other.__self__
+        return mine is theirs or (type(mine) is type(theirs) and self._hashable()
+                                  and other._hashable() and bool(mine == theirs))
 
     def __repr__(self) -> str:
         return f"<apply of {self.__self__!r}>"

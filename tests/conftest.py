@@ -37,12 +37,11 @@ def executed_notebooks():
     """
     import fcntl
     import json
-    import sys
 
     from tests.helpers import docs_conf
 
     conf = docs_conf()
-    generate = sys.modules["generate"]
+    generate = conf.generate  # docs/generate.py, as docs/conf.py imports it
     generate.GENERATED.mkdir(parents=True, exist_ok=True)
     with open(generate.GENERATED / "notebooks.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

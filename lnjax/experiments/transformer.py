@@ -56,6 +56,7 @@ et al. (2021, ViT); Ba, Kiros & Hinton (2016).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
@@ -68,7 +69,7 @@ import optax
 from lnjax import linen as lnn
 from lnjax.experiments import driver, plots, tables
 from lnjax.experiments.results import batch_sizes, mean_history, seed_histories
-from lnjax.experiments.runs import Run, fit_run, shared
+from lnjax.experiments.runs import Run, fit_run
 from lnjax.experiments.settings import Flag, Settings, SettingsError, document, positive
 
 NORMS = ("post_ln", "pre_ln", "pre_rms", "none")
@@ -246,15 +247,12 @@ def _adam_with_warmup(learning_rate: Any, warmup_steps: Any) -> optax.GradientTr
     return optax.adam(schedule(learning_rate, warmup_steps))
 
 
+@functools.cache
 def optimizer() -> optax.GradientTransformation:
     """Adam with :func:`schedule`, its peak rate ``learning_rate`` and ``warmup_steps`` held
     in its state (``optax.inject_hyperparams``): one object per process, so the eight
     methods' runs compile one step per normalization, whatever their warm-up, rate or seed
     (:func:`lnjax.experiments.runs.with_hyperparams` sets a run's values)."""
-    return shared(_make_optimizer)
-
-
-def _make_optimizer() -> optax.GradientTransformation:
     return optax.inject_hyperparams(_adam_with_warmup)(learning_rate=np.asarray(0.0, np.float32),
                                                        warmup_steps=np.asarray(0, np.int32))
 
