@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.scaling --out benchmarks/results
 	$(PY) -m benchmarks.sharding --out benchmarks/results
 	$(PY) -m benchmarks.training_loop
+	$(PY) -m benchmarks.eval_batch
 
 ## lint: ruff over the package, tests, benchmarks and the notebooks' sources (colabs/*.py);
 ## mypy over the package (its settings: pyproject.toml's [tool.mypy]); the architecture's

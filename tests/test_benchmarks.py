@@ -324,6 +324,24 @@ def test_training_loop_benchmark(tmp_path):
     assert np.isclose(float(table.splitlines()[-1].split("|")[-2]), ratio["value"], atol=5e-3)
 
 
+def test_eval_batch_benchmark():
+    from benchmarks import eval_batch
+
+    rows = eval_batch.measure(quick=True, examples=400, repeats=2)
+    assert [r["network"] for r in rows] == list(eval_batch.networks(quick=True))
+    for r in rows:
+        assert r["examples"] == 400 and set(r["per_second"]) == {"batch 200", "batch 1000"}
+        assert all(v > 0 for v in r["per_second"].values())
+        (ratio,) = r["ratios"]
+        assert ratio["label"] == "batch 1000 / batch 200" and ratio["value"] > 0
+    table = eval_batch.markdown(rows)
+    assert "| network | examples/s, batch 200 | examples/s, batch 1000 | batch 1000 / batch 200 |" \
+        in table
+    last = table.splitlines()[-1].split("|")
+    assert last[1].strip() == rows[-1]["network"]
+    assert np.isclose(float(last[-2]), rows[-1]["ratios"][0]["value"], atol=5e-3)
+
+
 def test_run_without_matplotlib_stops_before_timing_and_names_the_extra(monkeypatch, tmp_path):
     from benchmarks import run as bench_run
 

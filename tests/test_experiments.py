@@ -246,7 +246,8 @@ def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist, tmp
     real = training.fit
 
     def recording_fit(*args, curves=None, **kwargs):
-        subsets.append({k: np.asarray(y).copy() for k, (_, y) in curves.items()})
+        # The curves are the indices of their examples in the splits (fit's shared pass).
+        subsets.append({k: np.asarray(index).copy() for k, index in curves.items()})
         return real(*args, curves=curves, **kwargs)
 
     monkeypatch.setattr(training, "fit", recording_fit)
@@ -270,6 +271,7 @@ def test_seeds_keep_every_history_and_the_table_shows_mean_and_spread(mnist, tmp
     assert len(subsets) == 4
     for s in subsets:
         assert len(s["test"]) == len(s["validation"]) == 32
+        assert len(set(s["test"])) == 32 and s["test"].max() < 64 and s["validation"].max() < 48
         np.testing.assert_array_equal(s["test"], subsets[0]["test"])
         np.testing.assert_array_equal(s["validation"], subsets[0]["validation"])
     summary = (out / "summary.md").read_text()

@@ -22,7 +22,7 @@ import numpy as np
 from lnjax.experiments.settings import EVAL_EXAMPLES, EVALS_PER_EPOCH, Settings
 
 __all__ = ["SUBSET_SEED", "Run", "config_key", "eval_subset", "fit_run", "identity", "run_name",
-           "shared", "with_hyperparams"]
+           "shared", "subset_indices", "with_hyperparams"]
 
 T = TypeVar("T")
 
@@ -109,15 +109,31 @@ def config_key(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+def subset_indices(n: int, examples: int | None) -> np.ndarray:
+    """The sorted indices of a fixed subset of ``examples`` of ``n`` examples (``None`` or at
+    least ``n``: all of them), drawn with a seed of its own (:data:`SUBSET_SEED`): the same
+    for every run, seed and epoch.
+
+    Example:
+      >>> subset_indices(10, 4).tolist() == subset_indices(10, 4).tolist()
+      True
+      >>> len(subset_indices(10, 4)), subset_indices(3, 50).tolist()
+      (4, [0, 1, 2])
+    """
+    if examples is None or examples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(SUBSET_SEED).choice(n, examples, replace=False))
+
+
 def eval_subset(ds: Any, examples: int | None) -> Any:
-    """A fixed subset of ``examples`` of split ``ds`` (``None`` or at least its size: all of
-    it), drawn with a seed of its own: the same for every run, seed and epoch.
+    """The fixed subset of ``examples`` of split ``ds`` (:func:`subset_indices`; ``None`` or
+    at least its size: all of it).
 
     Example:
       >>> import numpy as np
       >>> from lnjax.data import Dataset
       >>> ds = Dataset(np.arange(10.0)[:, None], np.arange(10), "toy", "test", "memory")
-      >>> eval_subset(ds, 4).labels.tolist() == eval_subset(ds, 4).labels.tolist()
+      >>> eval_subset(ds, 4).labels.tolist() == subset_indices(10, 4).tolist()
       True
       >>> len(eval_subset(ds, 4).labels), len(eval_subset(ds, 50).labels)
       (4, 10)
@@ -125,7 +141,7 @@ def eval_subset(ds: Any, examples: int | None) -> Any:
     n = len(ds.labels)
     if examples is None or examples >= n:
         return ds
-    idx = np.sort(np.random.default_rng(SUBSET_SEED).choice(n, examples, replace=False))
+    idx = subset_indices(n, examples)
     return ds._replace(images=ds.images[idx], labels=ds.labels[idx])
 
 
@@ -155,9 +171,12 @@ def fit_run(model: Any, tx: Any, splits: Mapping[str, Any], run: Run, settings: 
     history of :func:`lnjax.training.fit`.
 
     Validation and test are evaluated whole after each epoch and, for the curves,
-    as fixed subsets of ``settings.eval_examples`` (:func:`eval_subset`)
+    as fixed subsets of ``settings.eval_examples`` (:func:`subset_indices`)
     ``settings.evals_per_epoch`` times per epoch (``validation_curve_error``,
-    ``test_curve_error`` at ``eval_steps``). Checkpoints go to
+    ``test_curve_error`` at ``eval_steps``); the epoch's last curve point and the
+    whole split share one pass (the curves are given to :func:`lnjax.training.fit`
+    as indices into the splits), in batches of ``settings.eval_batch_size``.
+    Checkpoints go to
     ``OUT/checkpoints/<method>-bs<batch size>-<hash of identity(...)>``, so a
     rerun with the same settings resumes (unless ``settings.resume`` is false)
     and other settings never reuse them; with ``settings.tensorboard``, event
@@ -194,13 +213,13 @@ def fit_run(model: Any, tx: Any, splits: Mapping[str, Any], run: Run, settings: 
         for folder in (ckpt, logdir):
             if folder is not None and os.path.isdir(folder):
                 shutil.rmtree(folder)
-    curves = {k: (d.images, d.labels)
-              for k, d in (("validation", eval_subset(val, settings.eval_examples)),
-                           ("test", eval_subset(test, settings.eval_examples)))}
+    curves = {k: subset_indices(len(d.labels), settings.eval_examples)
+              for k, d in (("validation", val), ("test", test))}
     _, history = training.fit(
         state, (train.images, train.labels), epochs=settings.epochs,
         batch_size=run.batch_size, seed=run.seed,
         evals={"validation": (val.images, val.labels), "test": (test.images, test.labels)},
         curves=curves, evals_per_epoch=settings.evals_per_epoch, checkpoint_dir=ckpt,
-        progress=settings.progress, desc=run.label, mesh=mesh, tensorboard_dir=logdir)
+        progress=settings.progress, desc=run.label, mesh=mesh, tensorboard_dir=logdir,
+        eval_batch_size=settings.eval_batch_size)
     return history

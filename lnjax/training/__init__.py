@@ -81,7 +81,8 @@ def fit(state: TrainState, train: tuple[Any, Any], *, epochs: int, batch_size: i
         progress: bool = True, desc: str = "train", loss_points: int = 50,
         on_epoch: Callable[[int, dict], None] | None = None, mesh: Any = None,
         curves: Splits | None = None, evals_per_epoch: int = 1,
-        tensorboard_dir: str | os.PathLike | None = None) -> tuple[TrainState, dict]:
+        tensorboard_dir: str | os.PathLike | None = None,
+        eval_batch_size: int = 1000) -> tuple[TrainState, dict]:
     """Trains ``epochs`` epochs: an :class:`EpochRunner` seen by a :class:`History` and observers.
 
     :class:`NonFiniteStop` sees each epoch first, then the :class:`History` and, as asked,
@@ -101,9 +102,13 @@ def fit(state: TrainState, train: tuple[Any, Any], *, epochs: int, batch_size: i
       loss_points: how many ``[step, loss]`` pairs ``step_loss`` records per epoch.
       on_epoch: optional ``f(epoch, history)`` called after each epoch.
       mesh: a :func:`lnjax.parallel.make_mesh` mesh for data-parallel epochs (every host alike).
-      curves: ``{name: (x, y)}`` evaluated ``evals_per_epoch`` times per epoch.
+      curves: ``{name: (x, y)}`` evaluated ``evals_per_epoch`` times per epoch; for a
+        name of ``evals``, the integer indices of the examples of that split the
+        curve takes (the epoch's last curve point then comes from the split's own
+        evaluation, one pass for both: see :class:`EpochRunner`).
       evals_per_epoch: how many times per epoch ``curves`` are evaluated.
       tensorboard_dir: a folder for TensorBoard event files (needs tensorboardX).
+      eval_batch_size: examples per evaluation batch (:func:`lnjax.steps.evaluate`).
 
     Returns:
       ``(state, history)``: the trained state and :meth:`History.as_dict`.
@@ -116,7 +121,8 @@ def fit(state: TrainState, train: tuple[Any, Any], *, epochs: int, batch_size: i
     """
     history = History(evals or {}, curves or {}, metrics=metric_names(state, *train))
     runner = EpochRunner(train, batch_size=batch_size, seed=seed, evals=evals, curves=curves,
-                         evals_per_epoch=evals_per_epoch, loss_points=loss_points, mesh=mesh)
+                         evals_per_epoch=evals_per_epoch, loss_points=loss_points, mesh=mesh,
+                         eval_batch_size=eval_batch_size)
     board = TensorBoardLog(tensorboard_dir) if tensorboard_dir is not None else None
     saver = CheckpointSaver(checkpoint_dir, history) if checkpoint_dir is not None else None
     state, start = saver.resume(state) if saver is not None else (state, 0)

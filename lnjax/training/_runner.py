@@ -10,16 +10,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lnjax import parallel
-from lnjax.steps import TrainState, batches, evaluate, train_epoch
+from lnjax import parallel, steps
+from lnjax.steps import TrainState, batches, mean_metrics, train_epoch
 from lnjax.training._records import CurvePoint, EpochRecord, Observer
 
 __all__ = ["EpochRunner", "Splits"]
 
-Splits = Mapping[str, tuple[Any, Any]]
-"""Named evaluation splits: ``{name: (x, y)}``."""
+Splits = Mapping[str, Any]
+"""Named evaluation splits: ``{name: (x, y)}``; a curve may instead be the integer
+indices of the examples it takes from the ``evals`` split of its name."""
 
 
 def _chunk_ends(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
@@ -35,6 +37,31 @@ def _chunk_ends(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
 
 def _means(metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
     return {k: float(v.mean()) for k, v in metrics.items()}
+
+
+def _subset_and_rest(name: str, index: Any, split: tuple[Any, Any]
+                     ) -> tuple[tuple[Any, Any], tuple[Any, Any] | None]:
+    """The examples ``index`` of ``split`` and the others (``None`` if there are none).
+
+    Example:
+      >>> import numpy as np
+      >>> (xs, _), (xr, _) = _subset_and_rest("t", np.array([3, 0]), (np.arange(5), np.arange(5)))
+      >>> xs.tolist(), xr.tolist()
+      ([0, 3], [1, 2, 4])
+    """
+    index = np.asarray(index)
+    n = len(split[1])
+    if index.ndim != 1 or index.size == 0 or not np.issubdtype(index.dtype, np.integer):
+        raise TypeError(f"fit: curves[{name!r}] must be (x, y) or a non-empty 1-D integer "
+                        f"array of indices into evals[{name!r}], got shape {index.shape} of "
+                        f"{index.dtype}.")
+    index = np.unique(index)
+    if index[0] < 0 or index[-1] >= n:
+        raise ValueError(f"fit: curves[{name!r}] indexes evals[{name!r}]'s {n} examples; got "
+                         f"indices from {index[0]} to {index[-1]}.")
+    rest = np.setdiff1d(np.arange(n), index)
+    x, y = (np.asarray(a) for a in split)
+    return (x[index], y[index]), ((x[rest], y[rest]) if rest.size else None)
 
 
 class EpochRunner:
@@ -56,6 +83,11 @@ class EpochRunner:
       batch_size: examples per step.
       seed: the seed of the batch order.
       evals: ``{name: (x, y)}`` evaluated after each epoch.
+      curves: ``{name: (x, y)}`` evaluated after each chunk; or, for a name of
+        ``evals``, the integer indices of the examples of that split the curve
+        takes: the epoch's last curve point and the split's evaluation then
+        share one pass over it (the subset's sums and the rest's add up to the
+        split's), instead of evaluating the subset twice.
       curves: ``{name: (x, y)}`` evaluated after each chunk.
       evals_per_epoch: the chunks of an epoch; more than 1 needs ``curves``.
       loss_points: how many ``[step, loss]`` pairs an :class:`EpochRecord` samples.
@@ -63,9 +95,13 @@ class EpochRunner:
         data-parallel over it (:func:`lnjax.parallel.train_epoch`; every host
         passes the same data); ``None`` or one device: :func:`train_epoch` on
         the default device.
+      eval_batch_size: examples per evaluation batch (:func:`lnjax.steps.evaluate`).
 
     Raises:
-      ValueError: ``evals_per_epoch`` is not a positive int, or above 1 without ``curves``.
+      ValueError: ``evals_per_epoch`` or ``eval_batch_size`` is not a positive int,
+        ``evals_per_epoch`` is above 1 without ``curves``, or a curve's indices name no
+        ``evals`` split or fall outside it.
+      TypeError: a curve's indices are not a 1-D integer array.
 
     Example:
       >>> import flax.linen as nn, numpy as np, optax
@@ -87,7 +123,8 @@ class EpochRunner:
 
     def __init__(self, train: tuple[Any, Any], *, batch_size: int, seed: int,
                  evals: Splits | None = None, curves: Splits | None = None,
-                 evals_per_epoch: int = 1, loss_points: int = 50, mesh: Any = None):
+                 evals_per_epoch: int = 1, loss_points: int = 50, mesh: Any = None,
+                 eval_batch_size: int = 1000):
         if isinstance(evals_per_epoch, bool) or not isinstance(evals_per_epoch, int | np.integer) \
                 or evals_per_epoch < 1:
             raise ValueError(f"fit: evals_per_epoch must be a positive int, got "
@@ -102,9 +139,29 @@ class EpochRunner:
         self.steps_per_epoch = len(self.y) // batch_size
         self.chunk_ends = _chunk_ends(self.steps_per_epoch, int(evals_per_epoch) if curves else 1)
         self.report_every = max(1, self.steps_per_epoch // 20)
-        self.evals, self.curves = ({k: jax.device_put((np.asarray(ex), np.asarray(ey)))
-                                    for k, (ex, ey) in dict(splits or {}).items()}
-                                   for splits in (evals, curves))
+        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int | np.integer) \
+                or eval_batch_size < 1:
+            raise ValueError(f"fit: eval_batch_size must be a positive int, got "
+                             f"{eval_batch_size!r}.")
+        self.eval_batch_size = int(eval_batch_size)
+        evals, curves = dict(evals or {}), dict(curves or {})
+        # A curve given as indices into its eval split: the subset and the rest of that split
+        # go to the device, not the split itself.
+        linked = {k: v for k, v in curves.items() if not isinstance(v, tuple | list)}
+        unknown = sorted(set(linked) - set(evals))
+        if unknown:
+            raise ValueError(f"fit: curves {unknown} are given as indices, which select "
+                             f"examples of the evals split of the same name; evals has "
+                             f"{sorted(evals)}.")
+        parts = {k: _subset_and_rest(k, v, evals[k]) for k, v in linked.items()}
+
+        def put(split: tuple[Any, Any]) -> tuple[Any, Any]:
+            return jax.device_put((np.asarray(split[0]), np.asarray(split[1])))
+
+        self.evals = {k: None if k in linked else put(v) for k, v in evals.items()}
+        self.curves = {k: put(parts[k][0] if k in linked else v) for k, v in curves.items()}
+        self.rest = {k: None if parts[k][1] is None else jax.device_put(parts[k][1])
+                     for k in linked}
         self._listeners: list[Observer] = []
         self._offset = 0
 
@@ -112,11 +169,28 @@ class EpochRunner:
         for o in self._listeners:
             o.progress(self._offset + int(n))
 
-    def evaluate(self, state: TrainState, splits: Splits) -> dict[str, dict[str, float]]:
-        """:func:`evaluate` of each split, ``{name: {"loss", "error"}}``, with this process's
-        copy of the state."""
+    def _sums(self, state: TrainState, splits: Splits) -> dict[str, dict[str, Any]]:
+        """:func:`lnjax.steps.evaluation_sums` of each split, with this process's copy of the
+        state."""
         local = parallel.host_local(state) if self.parallel and splits else state
-        return {name: evaluate(local, ex, ey) for name, (ex, ey) in splits.items()}
+        return {name: steps.evaluation_sums(local, ex, ey, batch_size=self.eval_batch_size)
+                for name, (ex, ey) in splits.items()}
+
+    def evaluate(self, state: TrainState, splits: Splits) -> dict[str, dict[str, float]]:
+        """:func:`lnjax.steps.evaluate` of each split, ``{name: {"loss", "error"}}``, with
+        this process's copy of the state."""
+        return {k: mean_metrics(v) for k, v in self._sums(state, splits).items()}
+
+    def _end_of_epoch(self, state: TrainState) -> tuple[dict, dict]:
+        """The last curve point's evaluations and the ``evals``: a curve given as indices
+        adds the rest of its split to its own sums."""
+        curves = self._sums(state, self.curves)
+        rest = self._sums(state, {k: v for k, v in self.rest.items() if v is not None})
+        evals = self._sums(state, {k: v for k, v in self.evals.items() if v is not None})
+        for k in self.rest:
+            evals[k] = curves[k] if k not in rest else jax.tree.map(jnp.add, curves[k], rest[k])
+        return ({k: mean_metrics(v) for k, v in curves.items()},
+                {k: mean_metrics(evals[k]) for k in self.evals})
 
     def _train(self, state: TrainState, xb: np.ndarray, yb: np.ndarray) -> tuple[TrainState, Any]:
         report = self._report if self._listeners else None
@@ -145,8 +219,11 @@ class EpochRunner:
             state, metrics = self._train(state, xb[begin:end], yb[begin:end])
             chunks.append({k: np.asarray(v) for k, v in metrics.items()})
             seconds += time.perf_counter() - t0
-            point = CurvePoint(first + end, seconds, _means(chunks[-1]),
-                               self.evaluate(state, self.curves))
+            if end == self.steps_per_epoch:
+                curve, evals = self._end_of_epoch(state)
+            else:
+                curve = self.evaluate(state, self.curves)
+            point = CurvePoint(first + end, seconds, _means(chunks[-1]), curve)
             for o in observers:
                 o.point(point)
             begin = end
@@ -155,5 +232,4 @@ class EpochRunner:
         idx = np.unique(np.linspace(0, len(loss) - 1, min(self.loss_points, len(loss))).astype(int))
         step_loss = [[first + int(i) + 1, float(loss[i])] for i in idx]
         return state, EpochRecord(epoch + 1, first + self.steps_per_epoch, seconds,
-                                  _means(per_step), step_loss, self.evaluate(state, self.evals),
-                                  per_step)
+                                  _means(per_step), step_loss, evals, per_step)
