@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from lnjax import checkpoint, steps, training
+from lnjax import checkpoint, checksums, steps, training
 from lnjax import linen as lnn
 from lnjax import nnx as lnnx
 
@@ -659,7 +659,7 @@ def test_tensorboard_log_alone_and_only_where_it_writes(tmp_path):
     assert not (tmp_path / "silent").exists()
 
 
-def test_checkpoint_saver_saves_and_resumes_alone(tmp_path):
+def test_checkpoint_saver_saves_and_resumes_alone(tmp_path, monkeypatch):
     s, _ = training.train_epoch(new_state(bn=False), X.reshape(12, 8, 6), Y.reshape(12, 8))
     history = training.History(["dev"])
     saver = training.CheckpointSaver(tmp_path / "ckpt", history)
@@ -670,8 +670,12 @@ def test_checkpoint_saver_saves_and_resumes_alone(tmp_path):
     saver.close()
     again = training.History(["dev"])
     saver = training.CheckpointSaver(tmp_path / "ckpt", again)
+    checked = []
+    check = checksums.check
+    monkeypatch.setattr(checksums, "check", lambda *a, **k: checked.append(a) or check(*a, **k))
     restored, start = saver.resume(new_state(bn=False))
     saver.close()
+    assert len(checked) == 1  # the checkpoint's files are read and hashed once
     assert start == 1 and again.as_dict() == history.as_dict()
     assert int(restored.step) == 12
     assert_trees_equal(restored.params, s.params)

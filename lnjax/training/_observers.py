@@ -195,12 +195,13 @@ class CheckpointSaver(Observer):
           CheckpointError: the folder holds checkpoints but none is intact, or
             one that does not fit ``state``.
         """
-        latest = self.checkpointer.latest_intact()
-        if latest is None:
+        if not self.checkpointer.steps():
             return state, 0
-        state, saved = self.checkpointer.restore(state, latest)
+        # restore() finds the newest intact checkpoint and reads its files once; the step
+        # saved is the number of epochs its history holds.
+        state, saved = self.checkpointer.restore(state)
         self.history.load(saved)
-        return state, int(latest)
+        return state, int(saved["epoch"][-1])
 
     def epoch(self, record: EpochRecord, state: TrainState) -> None:
         self.checkpointer.save(record.epoch, state, self.history.as_dict())
