@@ -88,7 +88,6 @@ class EpochRunner:
         takes: the epoch's last curve point and the split's evaluation then
         share one pass over it (the subset's sums and the rest's add up to the
         split's), instead of evaluating the subset twice.
-      curves: ``{name: (x, y)}`` evaluated after each chunk.
       evals_per_epoch: the chunks of an epoch; more than 1 needs ``curves``.
       loss_points: how many ``[step, loss]`` pairs an :class:`EpochRecord` samples.
       mesh: a mesh from :func:`lnjax.parallel.make_mesh`: the epochs run
