@@ -39,6 +39,13 @@ def _means(metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
     return {k: float(v.mean()) for k, v in metrics.items()}
 
 
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or a ValueError naming ``fit``'s argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"fit: {name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
 def _subset_and_rest(name: str, index: Any, split: tuple[Any, Any]
                      ) -> tuple[tuple[Any, Any], tuple[Any, Any] | None]:
     """The examples ``index`` of ``split`` and the others (``None`` if there are none).
@@ -124,10 +131,7 @@ class EpochRunner:
                  evals: Splits | None = None, curves: Splits | None = None,
                  evals_per_epoch: int = 1, loss_points: int = 50, mesh: Any = None,
                  eval_batch_size: int = 1000):
-        if isinstance(evals_per_epoch, bool) or not isinstance(evals_per_epoch, int | np.integer) \
-                or evals_per_epoch < 1:
-            raise ValueError(f"fit: evals_per_epoch must be a positive int, got "
-                             f"{evals_per_epoch!r}.")
+        evals_per_epoch = _positive_int("evals_per_epoch", evals_per_epoch)
         if evals_per_epoch > 1 and not curves:
             raise ValueError(f"fit: evals_per_epoch={evals_per_epoch} evaluates the `curves` "
                              "splits within each epoch, but no curves were given.")
@@ -136,13 +140,9 @@ class EpochRunner:
         self.loss_points = loss_points
         self.parallel = mesh is not None and mesh.devices.size > 1
         self.steps_per_epoch = len(self.y) // batch_size
-        self.chunk_ends = _chunk_ends(self.steps_per_epoch, int(evals_per_epoch) if curves else 1)
+        self.chunk_ends = _chunk_ends(self.steps_per_epoch, evals_per_epoch if curves else 1)
         self.report_every = max(1, self.steps_per_epoch // 20)
-        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int | np.integer) \
-                or eval_batch_size < 1:
-            raise ValueError(f"fit: eval_batch_size must be a positive int, got "
-                             f"{eval_batch_size!r}.")
-        self.eval_batch_size = int(eval_batch_size)
+        self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
         evals, curves = dict(evals or {}), dict(curves or {})
         # A curve given as indices into its eval split: the subset and the rest of that split
         # go to the device, not the split itself.
